@@ -1,0 +1,1 @@
+namespace cobatch::gpu::detail { int placeholder_symbol = 0; }
