@@ -1,0 +1,181 @@
+// when_all: awaits several awaitables of different types at once and returns
+// all their results. The first failure cancels the others (terminal
+// cancellation through their slots) and is rethrown once all have finished,
+// so no child is left running when when_all returns.
+#pragma once
+
+#include "cobatch/coro/task.hpp"
+
+#include <asio/cancellation_signal.hpp>
+
+#include <array>
+#include <atomic>
+#include <coroutine>
+#include <cstddef>
+#include <exception>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace cobatch::coro {
+namespace detail {
+
+// What `co_await a` yields, with void mapped to std::monostate so that every
+// result has a slot in the tuple.
+template <typename A>
+using when_all_value_t = decltype([] {
+  if constexpr (requires(A a) { std::move(a).operator co_await(); }) {
+    using R = decltype(std::declval<A>().operator co_await().await_resume());
+    if constexpr (std::is_void_v<R>) return std::monostate{};
+    else return std::declval<std::remove_cvref_t<R>>();
+  } else {
+    using R = decltype(std::declval<A>().await_resume());
+    if constexpr (std::is_void_v<R>) return std::monostate{};
+    else return std::declval<std::remove_cvref_t<R>>();
+  }
+}());
+
+struct when_all_shared {
+  std::atomic<std::size_t> remaining{0};
+  std::coroutine_handle<> parent;
+  std::exception_ptr first_error;
+  std::atomic<bool> failed{false};
+  asio::cancellation_signal* signals = nullptr;
+  std::size_t count = 0;
+
+  void cancel_all_but(std::size_t index) {
+    for (std::size_t i = 0; i < count; ++i) {
+      if (i != index) signals[i].emit(asio::cancellation_type::terminal);
+    }
+  }
+};
+
+class when_all_child {
+ public:
+  struct promise_type : promise_context {
+    when_all_shared* shared = nullptr;
+    std::size_t index = 0;
+
+    when_all_child get_return_object() noexcept {
+      return when_all_child{std::coroutine_handle<promise_type>::from_promise(*this)};
+    }
+    std::suspend_always initial_suspend() noexcept { return {}; }
+    struct final_awaiter {
+      bool await_ready() noexcept { return false; }
+      std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> h) noexcept {
+        auto* shared = h.promise().shared;
+        if (shared->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) return shared->parent;
+        return std::noop_coroutine();
+      }
+      void await_resume() noexcept {}
+    };
+    final_awaiter final_suspend() noexcept { return {}; }
+    void return_void() noexcept {}
+    void unhandled_exception() noexcept {
+      if (!shared->failed.exchange(true, std::memory_order_acq_rel)) {
+        shared->first_error = std::current_exception();
+        shared->cancel_all_but(index);
+      }
+    }
+  };
+
+  explicit when_all_child(std::coroutine_handle<promise_type> h) noexcept : h_(h) {}
+  when_all_child(when_all_child&& o) noexcept : h_(std::exchange(o.h_, {})) {}
+  when_all_child& operator=(when_all_child&&) = delete;
+  ~when_all_child() {
+    if (h_) h_.destroy();
+  }
+  std::coroutine_handle<promise_type> handle() const noexcept { return h_; }
+
+ private:
+  std::coroutine_handle<promise_type> h_;
+};
+
+template <typename A, typename V>
+when_all_child run_child(A awaitable, std::optional<V>& out) {
+  if constexpr (std::is_same_v<V, std::monostate>) {
+    co_await std::move(awaitable);
+    out.emplace();
+  } else {
+    out.emplace(co_await std::move(awaitable));
+  }
+}
+
+template <typename... A>
+class when_all_awaiter {
+  static constexpr std::size_t count = sizeof...(A);
+
+ public:
+  explicit when_all_awaiter(A... awaitables) : awaitables_(std::move(awaitables)...) {}
+
+  bool await_ready() const noexcept { return count == 0; }
+
+  template <typename P>
+  bool await_suspend(std::coroutine_handle<P> parent) {
+    shared_.parent = parent;
+    shared_.signals = signals_.data();
+    shared_.count = count;
+    shared_.remaining.store(count + 1, std::memory_order_relaxed);
+    if constexpr (has_promise_context<P>) {
+      parent_slot_ = parent.promise().cancellation_slot();
+      if (parent_slot_.is_connected()) {
+        parent_slot_.assign([this](asio::cancellation_type type) {
+          for (auto& s : signals_) s.emit(type);
+        });
+      }
+    }
+    start(parent, std::index_sequence_for<A...>{});
+    return shared_.remaining.fetch_sub(1, std::memory_order_acq_rel) != 1;
+  }
+
+  std::tuple<when_all_value_t<A>...> await_resume() {
+    if (parent_slot_.is_connected()) parent_slot_.clear();
+    if (shared_.first_error) std::rethrow_exception(shared_.first_error);
+    return take(std::index_sequence_for<A...>{});
+  }
+
+ private:
+  template <typename P, std::size_t... I>
+  void start(std::coroutine_handle<P> parent, std::index_sequence<I...>) {
+    (children_.emplace_back(run_child(std::move(std::get<I>(awaitables_)), std::get<I>(results_))), ...);
+    std::size_t i = 0;
+    for (auto& child : children_) {
+      auto& promise = child.handle().promise();
+      if constexpr (has_promise_context<P>) promise.inherit(parent.promise());
+      promise.set_cancellation_slot(signals_[i].slot());
+      promise.shared = &shared_;
+      promise.index = i++;
+    }
+    // Children may finish (and resume the parent) only after all started:
+    // `remaining` holds one extra count until the loop is done.
+    for (auto& child : children_) child.handle().resume();
+  }
+
+  template <std::size_t... I>
+  std::tuple<when_all_value_t<A>...> take(std::index_sequence<I...>) {
+    return {std::move(*std::get<I>(results_))...};
+  }
+
+  std::tuple<A...> awaitables_;
+  std::tuple<std::optional<when_all_value_t<A>>...> results_;
+  std::array<asio::cancellation_signal, count> signals_;
+  std::vector<when_all_child> children_;
+  when_all_shared shared_;
+  asio::cancellation_slot parent_slot_;
+};
+
+}  // namespace detail
+
+/// Awaits every argument concurrently (each starts in turn on the awaiting
+/// coroutine's thread and runs until it first suspends) and returns a tuple of
+/// their results, std::monostate for those that return void. Children inherit
+/// the executor; each has its own cancellation slot, fed from the parent's.
+template <typename... A>
+task<std::tuple<detail::when_all_value_t<A>...>> when_all(A... awaitables) {
+  co_return co_await detail::when_all_awaiter<A...>(std::move(awaitables)...);
+}
+
+}  // namespace cobatch::coro

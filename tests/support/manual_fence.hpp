@@ -1,0 +1,38 @@
+// A fence signalled by hand, for driving the completion reactor in tests.
+#pragma once
+
+#include "cobatch/coro/fence_status.hpp"
+
+#include <atomic>
+#include <memory>
+#include <system_error>
+
+namespace cobatch::test {
+
+class manual_fence {
+ public:
+  manual_fence() : state_(std::make_shared<shared>()) {}
+
+  coro::fence_status query() const noexcept {
+    switch (state_->value.load(std::memory_order_acquire)) {
+      case 1: return coro::fence_status::ready();
+      case 2: return coro::fence_status::failed(state_->error);
+      default: return coro::fence_status::pending();
+    }
+  }
+  void signal() noexcept { state_->value.store(1, std::memory_order_release); }
+  void fail(std::error_code ec) noexcept {
+    state_->error = ec;
+    state_->value.store(2, std::memory_order_release);
+  }
+  long use_count() const noexcept { return state_.use_count(); }
+
+ private:
+  struct shared {
+    std::atomic<int> value{0};
+    std::error_code error;
+  };
+  std::shared_ptr<shared> state_;
+};
+
+}  // namespace cobatch::test
