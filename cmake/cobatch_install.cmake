@@ -13,8 +13,16 @@ install(TARGETS cobatch_coro cobatch_gpu cobatch_engine cobatch_all
   RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}"
   INCLUDES DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
 
+# Without the CUDA backend its headers declare what the libraries lack, so
+# they stay out of the install tree (as they stay out of the header tests).
+set(cobatch_header_excludes "")
+if(NOT COBATCH_WITH_CUDA)
+  list(APPEND cobatch_header_excludes PATTERN "cuda" EXCLUDE)
+endif()
 foreach(layer coro gpu engine)
-  install(DIRECTORY "${PROJECT_SOURCE_DIR}/${layer}/include/" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
+  install(DIRECTORY "${PROJECT_SOURCE_DIR}/${layer}/include/"
+    DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
+    ${cobatch_header_excludes})
 endforeach()
 install(FILES "${PROJECT_BINARY_DIR}/include/cobatch/config.hpp"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/cobatch")

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Condenses a Google Benchmark JSON report into the figures cobatch tracks.
+
+    bench/summarize.py build/bench/raw.json build/bench/summary.json
+
+Each figure is the median over repetitions of one benchmark's real time (in
+nanoseconds) or of one of its user counters. Figures whose benchmark did not
+run are listed under "missing" rather than guessed. Python 3 standard library
+only, so it runs wherever the benchmark does.
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+REAL_TIME = "real_time"
+
+# key in summary.json -> (benchmark name before any "/", field). The field is
+# REAL_TIME or the name of a user counter.
+TABLE = {
+    "resume_ns": ("BM_resume_reactor", "median_ns"),
+    "resume_ns_p99": ("BM_resume_reactor", "p99_ns"),
+    "resume_condvar_ns": ("BM_resume_condvar", "median_ns"),
+    "switch_ns": ("BM_switch_coroutine", REAL_TIME),
+    "switch_asio_awaitable_ns": ("BM_switch_asio_awaitable", REAL_TIME),
+    "switch_barrier_ns": ("BM_switch_barrier", REAL_TIME),
+    "idle_cpu_percent": ("BM_idle_cpu", "cpu_percent"),
+    "slice_ns_4096": ("BM_slice_4096", REAL_TIME),
+    "dispatch_ns": ("BM_dispatch_random_key", REAL_TIME),
+}
+
+# ratio key -> (numerator key, denominator key)
+RATIOS = {
+    "resume_condvar_over_resume": ("resume_condvar_ns", "resume_ns"),
+    "switch_barrier_over_switch": ("switch_barrier_ns", "switch_ns"),
+}
+
+# target name -> (measured key, comparison, bound)
+TARGETS = {
+    "resume_ns": ("resume_ns", "<=", 2000),
+    "resume_condvar_over_resume": ("resume_condvar_over_resume", ">=", 3),
+    "switch_ns": ("switch_ns", "<=", 100),
+    "switch_barrier_over_switch": ("switch_barrier_over_switch", ">=", 20),
+    "idle_cpu_percent": ("idle_cpu_percent", "<=", 2),
+    "slice_ns_4096": ("slice_ns_4096", "<=", 20000),
+    "dispatch_ns": ("dispatch_ns", "<=", 50),
+}
+
+NS_PER_UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+def base_name(entry):
+    """The benchmark's name without arguments or options ("/real_time", ...)."""
+    name = entry.get("run_name") or entry.get("name", "")
+    name = name.split("/", 1)[0]
+    # Old reports without run_type name aggregates "BM_x_median".
+    if "run_type" not in entry:
+        for suffix in ("_mean", "_median", "_stddev", "_cv"):
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+    return name
+
+
+def aggregate_name(entry):
+    if entry.get("run_type") == "aggregate":
+        return entry.get("aggregate_name", "")
+    if "run_type" not in entry:
+        name = entry.get("name", "").split("/", 1)[0]
+        for suffix in ("mean", "median", "stddev", "cv"):
+            if name.endswith("_" + suffix):
+                return suffix
+    return None
+
+
+def value_of(entry, field):
+    if field == REAL_TIME:
+        unit = entry.get("time_unit", "ns")
+        return float(entry["real_time"]) * NS_PER_UNIT[unit]
+    value = entry.get(field)
+    return None if value is None else float(value)
+
+
+def measure(benchmarks, name, field):
+    """The median of `field` over the repetitions of benchmark `name`."""
+    entries = [b for b in benchmarks if base_name(b) == name and not b.get("error_occurred")]
+    medians = [b for b in entries if aggregate_name(b) == "median"]
+    for b in medians:
+        value = value_of(b, field)
+        if value is not None:
+            return value
+    runs = [b for b in entries if aggregate_name(b) is None]
+    values = [v for v in (value_of(b, field) for b in runs) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def machine_info():
+    info = {
+        "nproc": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": None,
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        info["git_commit"] = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"],
+            check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def summarize(report):
+    benchmarks = report.get("benchmarks", [])
+    summary = {}
+    missing = []
+    for key, (name, field) in TABLE.items():
+        value = measure(benchmarks, name, field)
+        if value is None:
+            missing.append(key)
+        else:
+            summary[key] = value
+
+    for key, (num, den) in RATIOS.items():
+        if num in summary and den in summary and summary[den] != 0:
+            summary[key] = summary[num] / summary[den]
+
+    targets = {}
+    for key, (measured_key, op, bound) in TARGETS.items():
+        if measured_key not in summary:
+            continue
+        measured = summary[measured_key]
+        met = measured <= bound if op == "<=" else measured >= bound
+        targets[key] = {"target": bound, "compare": op, "measured": measured, "met": met}
+
+    summary["targets"] = targets
+    summary["missing"] = missing
+    summary["machine"] = machine_info()
+    context = report.get("context", {})
+    summary["machine"]["benchmark_build_type"] = context.get("library_build_type")
+    return summary
+
+
+def main(argv):
+    if len(argv) != 3:
+        print(f"usage: {argv[0]} RAW_JSON SUMMARY_JSON", file=sys.stderr)
+        return 2
+    with open(argv[1], encoding="utf-8") as f:
+        report = json.load(f)
+    summary = summarize(report)
+    with open(argv[2], "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
