@@ -157,7 +157,16 @@ def main(argv):
         print(f"usage: {argv[0]} RAW_JSON SUMMARY_JSON", file=sys.stderr)
         return 2
     with open(argv[1], encoding="utf-8") as f:
-        report = json.load(f)
+        text = f.read()
+    if not text.strip():
+        # Google Benchmark leaves the file empty when no benchmark matched.
+        print(f"{argv[0]}: {argv[1]} is empty: no benchmark ran", file=sys.stderr)
+        return 1
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as e:
+        print(f"{argv[0]}: {argv[1]} is not a Google Benchmark JSON report: {e}", file=sys.stderr)
+        return 1
     summary = summarize(report)
     with open(argv[2], "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
