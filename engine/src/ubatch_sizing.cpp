@@ -51,8 +51,12 @@ fault fit(std::int64_t tokens, const device_memory& m, ubatch_count_limits limit
   if (m.activation_bytes_per_token == 0) {
     return fail(detail, errc::invalid_argument, "activation_bytes_per_token=0: it must be positive");
   }
-  const auto budget =
-      static_cast<std::uint64_t>(std::floor(static_cast<long double>(m.free_bytes) * m.usable_fraction));
+  // Where long double is no wider than double, free_bytes near 2^64 rounds
+  // up to 2^64, which does not convert back; clamp to what was given.
+  const long double product = std::floor(static_cast<long double>(m.free_bytes) * m.usable_fraction);
+  const std::uint64_t budget = product >= static_cast<long double>(m.free_bytes)
+                                   ? m.free_bytes
+                                   : static_cast<std::uint64_t>(product);
   const std::uint64_t per_token = m.activation_bytes_per_token;
   const std::uint64_t max_tokens = budget / per_token;  // per micro-batch
   if (max_tokens == 0) {
