@@ -1,0 +1,55 @@
+// Private to the engine's sources: builds the detail text of an error. Kept
+// out of the public headers so that they stay free of string formatting.
+#pragma once
+
+#include <cobatch/engine/error.hpp>
+
+#include <concepts>
+#include <source_location>
+#include <cstdio>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace cobatch::engine::detail {
+
+inline void append(std::string& out, std::string_view text) { out += text; }
+inline void append(std::string& out, const char* text) { out += text; }
+inline void append(std::string& out, const std::string& text) { out += text; }
+template <std::integral I>
+void append(std::string& out, I value) { out += std::to_string(value); }
+inline void append(std::string& out, double value) {
+  // to_string's fixed six decimals would print 1e-7 as 0.000000; %g does not.
+  char buffer[32];
+  const int n = std::snprintf(buffer, sizeof buffer, "%g", value);
+  out.append(buffer, static_cast<std::size_t>(n > 0 ? n : 0));
+}
+
+template <class... Parts>
+std::string cat(const Parts&... parts) {
+  std::string out;
+  (append(out, parts), ...);
+  return out;
+}
+
+/// A failure found by a check: the code and, where the caller asked for it,
+/// the text. Checks take a `std::string*`: null on the error_code path, so
+/// that text is only built when it will be read.
+struct fault {
+  errc code{};
+  explicit operator bool() const noexcept { return code != errc{}; }
+};
+
+template <class... Parts>
+fault fail(std::string* detail, errc code, const Parts&... parts) {
+  if (detail != nullptr) *detail = cat(parts...);
+  return fault{code};
+}
+
+/// Turns a fault into the throwing overload's exception.
+[[noreturn]] inline void raise(fault f, const std::string& detail,
+                               std::source_location where = std::source_location::current()) {
+  throw_engine_error(f.code, detail, where);
+}
+
+}  // namespace cobatch::engine::detail
