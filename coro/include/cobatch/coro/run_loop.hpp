@@ -179,16 +179,25 @@ class run_loop::basic_executor {
   basic_executor(const basic_executor& other) noexcept : loop_(other.loop_) {
     if constexpr (Tracked) loop_->work_started();
   }
+  // A moved-from tracked executor no longer counts as work (as Asio's
+  // io_context executors do), so moving a work guard releases it exactly once.
   basic_executor(basic_executor&& other) noexcept : loop_(other.loop_) {
-    if constexpr (Tracked) loop_->work_started();
+    if constexpr (Tracked) other.loop_ = nullptr;
   }
   basic_executor& operator=(const basic_executor& other) noexcept {
     basic_executor copy(other);
     std::swap(loop_, copy.loop_);
     return *this;
   }
+  basic_executor& operator=(basic_executor&& other) noexcept {
+    basic_executor taken(std::move(other));
+    std::swap(loop_, taken.loop_);
+    return *this;
+  }
   ~basic_executor() {
-    if constexpr (Tracked) loop_->work_finished();
+    if constexpr (Tracked) {
+      if (loop_ != nullptr) loop_->work_finished();
+    }
   }
 
   run_loop& query(asio::execution::context_t) const noexcept { return *loop_; }

@@ -26,17 +26,21 @@ namespace detail {
 // What `co_await a` yields, with void mapped to std::monostate so that every
 // result has a slot in the tuple.
 template <typename A>
-using when_all_value_t = decltype([] {
-  if constexpr (requires(A a) { std::move(a).operator co_await(); }) {
-    using R = decltype(std::declval<A>().operator co_await().await_resume());
-    if constexpr (std::is_void_v<R>) return std::monostate{};
-    else return std::declval<std::remove_cvref_t<R>>();
-  } else {
-    using R = decltype(std::declval<A>().await_resume());
-    if constexpr (std::is_void_v<R>) return std::monostate{};
-    else return std::declval<std::remove_cvref_t<R>>();
-  }
-}());
+struct awaiter_of {
+  using type = A;
+};
+template <typename A>
+  requires requires(A a) { std::move(a).operator co_await(); }
+struct awaiter_of<A> {
+  using type = decltype(std::declval<A>().operator co_await());
+};
+template <typename A>
+struct when_all_value {
+  using raw = decltype(std::declval<typename awaiter_of<A>::type&>().await_resume());
+  using type = std::conditional_t<std::is_void_v<raw>, std::monostate, std::remove_cvref_t<raw>>;
+};
+template <typename A>
+using when_all_value_t = typename when_all_value<A>::type;
 
 struct when_all_shared {
   std::atomic<std::size_t> remaining{0};

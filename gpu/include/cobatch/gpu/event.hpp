@@ -1,0 +1,77 @@
+// event: a marker recorded on a stream. Other streams can wait on it on the
+// device (a join that blocks no host thread); coroutines can await it through
+// the completion reactor.
+#pragma once
+
+#include "cobatch/coro/completion_reactor.hpp"
+#include "cobatch/gpu/fence.hpp"
+
+#include <memory>
+#include <utility>
+
+namespace cobatch::gpu {
+
+namespace detail {
+class event_impl {
+ public:
+  virtual ~event_impl() = default;
+  /// The fence of the latest record (a reached fence if never recorded, as a
+  /// CUDA event that was never recorded counts as complete).
+  virtual fence current() const = 0;
+  virtual coro::completion_reactor& reactor() const noexcept = 0;
+  virtual void* native_handle() const noexcept = 0;
+};
+}  // namespace detail
+
+/// Non-owning handle to an event. Cheap to copy; must not outlive the event.
+class event_ref {
+ public:
+  event_ref(std::nullptr_t) = delete;
+  explicit event_ref(detail::event_impl& impl) noexcept : impl_(&impl) {}
+
+  /// Where the latest record stands; never blocks.
+  coro::fence_status query() const noexcept { return impl_->current().query(); }
+  bool ready() const noexcept { return query().is_ready(); }
+
+  /// Waits until the work before the latest record has finished.
+  ///
+  /// Completion signature: `void(std::error_code)`: empty on success, the
+  /// stream's error if work before the record failed, operation_aborted on
+  /// cancellation. Cancellation: terminal, partial, total (the event is not
+  /// affected). No thread blocks; the handler runs on its executor.
+  template <typename Token>
+  auto async_wait(Token&& token) const {
+    return impl_->reactor().async_wait(impl_->current(), std::forward<Token>(token));
+  }
+
+  detail::event_impl& impl() const noexcept { return *impl_; }
+  void* native_handle() const noexcept { return impl_->native_handle(); }
+  friend bool operator==(event_ref a, event_ref b) noexcept { return a.impl_ == b.impl_; }
+
+ private:
+  detail::event_impl* impl_;
+};
+
+/// Owning handle to an event; destroying it never throws.
+class event {
+ public:
+  event() noexcept = default;
+  explicit event(std::unique_ptr<detail::event_impl> impl) noexcept : impl_(std::move(impl)) {}
+
+  explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
+  event_ref ref() const noexcept { return event_ref(*impl_); }
+  operator event_ref() const noexcept { return ref(); }
+
+  coro::fence_status query() const noexcept { return ref().query(); }
+  template <typename Token>
+  auto async_wait(Token&& token) const {
+    return ref().async_wait(std::forward<Token>(token));
+  }
+  /// Gives up ownership: the caller becomes responsible for the backend object.
+  std::unique_ptr<detail::event_impl> release() noexcept { return std::move(impl_); }
+
+ private:
+  std::unique_ptr<detail::event_impl> impl_;
+};
+
+}  // namespace cobatch::gpu

@@ -1,0 +1,88 @@
+// The host backend: a real executor for cobatch's gpu interface on the CPU.
+// Streams are in-order queues, each run by a worker thread (the "device");
+// events are fences; graphs record and replay stream work; communicators
+// connect ranks living in one process. Every CPU test and the overlap
+// benchmarks run on it, and so can users without GPUs.
+#pragma once
+
+#include "cobatch/gpu/communicator.hpp"
+#include "cobatch/gpu/device.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace cobatch::gpu::host {
+
+struct device_options {
+  std::string name = "cobatch host device";
+  int ordinal = 0;
+  /// Memory the device pretends to have; allocate() fails beyond it.
+  std::size_t memory_budget = std::size_t{1} << 30;
+};
+
+class host_device;
+
+/// Memory allocated through a host_device, counted against its budget.
+class buffer {
+ public:
+  buffer() noexcept = default;
+  buffer(buffer&& other) noexcept;
+  buffer& operator=(buffer&& other) noexcept;
+  buffer(const buffer&) = delete;
+  buffer& operator=(const buffer&) = delete;
+  ~buffer();
+
+  std::byte* data() const noexcept { return data_.get(); }
+  std::size_t size() const noexcept { return size_; }
+  template <typename T>
+  T* as() const noexcept {
+    return reinterpret_cast<T*>(data_.get());
+  }
+
+ private:
+  friend class host_device;
+  struct accounting;
+  buffer(std::unique_ptr<std::byte[]> data, std::size_t size, std::shared_ptr<accounting> owner) noexcept;
+  std::unique_ptr<std::byte[]> data_;
+  std::size_t size_ = 0;
+  std::shared_ptr<accounting> owner_;
+};
+
+class host_device final : public device {
+ public:
+  /// Events and streams of this device are awaited through `reactor`.
+  host_device(coro::completion_reactor& reactor, device_options options = {});
+  ~host_device() override;
+
+  backend_kind backend() const noexcept override { return backend_kind::host; }
+  std::string name() const override { return options_.name; }
+  int ordinal() const noexcept override { return options_.ordinal; }
+  memory_info memory() const override;
+
+  stream make_stream(stream_options options = {}) override;
+  event make_event() override;
+  coro::completion_reactor& reactor() const noexcept override { return *reactor_; }
+
+  /// Allocates `bytes` (zeroed) against the budget; throws std::system_error
+  /// with errc::out_of_memory when it does not fit.
+  buffer allocate(std::size_t bytes);
+
+ private:
+  coro::completion_reactor* reactor_;
+  device_options options_;
+  std::shared_ptr<buffer::accounting> accounting_;
+};
+
+struct communicator_options {
+  /// How long a rank waits for the others at a collective before the
+  /// communicator is aborted with errc::timeout. Zero waits forever.
+  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+};
+
+/// Creates `world_size` connected ranks in this process; element r is rank r.
+std::vector<communicator> make_communicators(int world_size, communicator_options options = {});
+
+}  // namespace cobatch::gpu::host

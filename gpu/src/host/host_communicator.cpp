@@ -1,0 +1,286 @@
+// Host backend communicator: ranks of one process meet at a rendezvous. Each
+// collective runs on the calling rank's stream worker (the "device"), so the
+// waiting never blocks a user thread, exactly as an NCCL kernel waits on the
+// GPU and not on the host.
+#include "cobatch/gpu/error.hpp"
+#include "cobatch/gpu/host/host_device.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <optional>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cobatch::gpu::host {
+namespace {
+
+enum class collective { all_gather, all_reduce, reduce_scatter, barrier };
+
+struct call {
+  collective kind;
+  const void* send;
+  std::size_t count;
+  data_type type;
+  reduce_op op;
+};
+
+template <typename T>
+void reduce_into(T* acc, const T* in, std::size_t n, reduce_op op) {
+  for (std::size_t i = 0; i < n; ++i) {
+    switch (op) {
+      case reduce_op::sum: acc[i] = static_cast<T>(acc[i] + in[i]); break;
+      case reduce_op::prod: acc[i] = static_cast<T>(acc[i] * in[i]); break;
+      case reduce_op::min: acc[i] = std::min(acc[i], in[i]); break;
+      case reduce_op::max: acc[i] = std::max(acc[i], in[i]); break;
+    }
+  }
+}
+
+void reduce_bytes(std::byte* acc, const std::byte* in, std::size_t n, data_type t, reduce_op op) {
+  switch (t) {
+    case data_type::f32: reduce_into(reinterpret_cast<float*>(acc), reinterpret_cast<const float*>(in), n, op); break;
+    case data_type::f64: reduce_into(reinterpret_cast<double*>(acc), reinterpret_cast<const double*>(in), n, op); break;
+    case data_type::i32:
+      reduce_into(reinterpret_cast<std::int32_t*>(acc), reinterpret_cast<const std::int32_t*>(in), n, op);
+      break;
+    case data_type::i64:
+      reduce_into(reinterpret_cast<std::int64_t*>(acc), reinterpret_cast<const std::int64_t*>(in), n, op);
+      break;
+    case data_type::u8:
+      reduce_into(reinterpret_cast<std::uint8_t*>(acc), reinterpret_cast<const std::uint8_t*>(in), n, op);
+      break;
+  }
+}
+
+[[noreturn]] void raise(errc code, const std::string& what) {
+  throw std::system_error(make_error_code(code), "cobatch: host communicator: " + what);
+}
+
+class rendezvous {
+ public:
+  rendezvous(int size, communicator_options options) : size_(size), options_(options), calls_(size) {}
+
+  int size() const noexcept { return size_; }
+
+  /// Runs one collective for `rank`; returns this rank's result bytes.
+  std::vector<std::byte> collective_call(int rank, const call& mine) {
+    std::unique_lock lock(mutex_);
+    // Phase 1: wait until the previous collective has been read by everyone,
+    // then deposit this rank's call.
+    wait_for(lock, [&] { return !copying_; });
+    calls_[rank] = mine;
+    if (++arrived_ == size_) {
+      copying_ = true;
+      cv_.notify_all();
+    } else {
+      const auto generation = generation_;
+      wait_for(lock, [&] { return copying_ && generation_ == generation; });
+    }
+    // Phase 2: check agreement and compute this rank's result from the
+    // others' send buffers, which stay valid until everyone has left.
+    std::vector<std::byte> out;
+    std::string mismatch;
+    for (int r = 0; r < size_; ++r) {
+      if (calls_[r].kind != mine.kind || calls_[r].count != mine.count || calls_[r].type != mine.type ||
+          calls_[r].op != mine.op) {
+        mismatch = "rank " + std::to_string(r) + " issued a different collective than rank " + std::to_string(rank);
+      }
+    }
+    if (mismatch.empty()) out = compute(rank, mine);
+    // Phase 3: leave; the last one out opens the next collective.
+    if (++left_ == size_) {
+      left_ = 0;
+      arrived_ = 0;
+      copying_ = false;
+      ++generation_;
+      cv_.notify_all();
+    } else {
+      const auto generation = generation_;
+      wait_for(lock, [&] { return generation_ != generation; });
+    }
+    if (!mismatch.empty()) raise(errc::rank_mismatch, mismatch);
+    return out;
+  }
+
+  void send(int from, int to, const void* buf, std::size_t bytes) {
+    std::unique_lock lock(mutex_);
+    auto& box = mailbox_[{from, to}];
+    box.push_back({buf, bytes, false});
+    auto* entry = &box.back();
+    cv_.notify_all();
+    // The receiver copies straight from `buf`; wait until it has.
+    wait_for(lock, [&] { return entry->taken; });
+    box.pop_front();
+  }
+
+  void recv(int from, int to, void* buf, std::size_t bytes) {
+    std::unique_lock lock(mutex_);
+    auto& box = mailbox_[{from, to}];
+    wait_for(lock, [&] { return std::any_of(box.begin(), box.end(), [](const letter& l) { return !l.taken; }); });
+    auto it = std::find_if(box.begin(), box.end(), [](const letter& l) { return !l.taken; });
+    if (it->bytes != bytes) {
+      it->taken = true;
+      cv_.notify_all();
+      raise(errc::rank_mismatch, "rank " + std::to_string(from) + " sent " + std::to_string(it->bytes) +
+                                     " bytes, rank " + std::to_string(to) + " expected " + std::to_string(bytes));
+    }
+    std::memcpy(buf, it->data, bytes);
+    it->taken = true;
+    cv_.notify_all();
+  }
+
+  void abort(errc why) noexcept {
+    std::lock_guard lock(mutex_);
+    if (!aborted_) aborted_ = why;
+    cv_.notify_all();
+  }
+
+ private:
+  struct letter {
+    const void* data;
+    std::size_t bytes;
+    bool taken;
+  };
+
+  template <typename Pred>
+  void wait_for(std::unique_lock<std::mutex>& lock, Pred ready) {
+    auto done = [&] { return aborted_ || ready(); };
+    if (options_.timeout.count() > 0) {
+      if (!cv_.wait_for(lock, options_.timeout, done)) {
+        // A rank that never arrives must not hang the others: abort all.
+        aborted_ = errc::timeout;
+        cv_.notify_all();
+      }
+    } else {
+      cv_.wait(lock, done);
+    }
+    if (aborted_) {
+      raise(*aborted_, *aborted_ == errc::timeout ? "a rank did not arrive in time; communicator aborted"
+                                                  : "communicator aborted");
+    }
+  }
+
+  std::vector<std::byte> compute(int rank, const call& mine) const {
+    const std::size_t elem = size_of(mine.type);
+    switch (mine.kind) {
+      case collective::all_gather: {
+        std::vector<std::byte> out(elem * mine.count * static_cast<std::size_t>(size_));
+        for (int r = 0; r < size_; ++r) {
+          std::memcpy(out.data() + elem * mine.count * static_cast<std::size_t>(r), calls_[r].send, elem * mine.count);
+        }
+        return out;
+      }
+      case collective::all_reduce: {
+        std::vector<std::byte> out(elem * mine.count);
+        std::memcpy(out.data(), calls_[0].send, out.size());
+        for (int r = 1; r < size_; ++r) {
+          reduce_bytes(out.data(), static_cast<const std::byte*>(calls_[r].send), mine.count, mine.type, mine.op);
+        }
+        return out;
+      }
+      case collective::reduce_scatter: {
+        const std::size_t offset = elem * mine.count * static_cast<std::size_t>(rank);
+        std::vector<std::byte> out(elem * mine.count);
+        std::memcpy(out.data(), static_cast<const std::byte*>(calls_[0].send) + offset, out.size());
+        for (int r = 1; r < size_; ++r) {
+          reduce_bytes(out.data(), static_cast<const std::byte*>(calls_[r].send) + offset, mine.count, mine.type,
+                       mine.op);
+        }
+        return out;
+      }
+      case collective::barrier: return {};
+    }
+    return {};
+  }
+
+  const int size_;
+  const communicator_options options_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<call> calls_;
+  int arrived_ = 0;
+  int left_ = 0;
+  bool copying_ = false;
+  unsigned long generation_ = 0;
+  std::optional<errc> aborted_;
+  std::map<std::pair<int, int>, std::deque<letter>> mailbox_;
+};
+
+class host_communicator final : public detail::communicator_impl {
+ public:
+  host_communicator(std::shared_ptr<rendezvous> shared, int rank) : shared_(std::move(shared)), rank_(rank) {}
+
+  int rank() const noexcept override { return rank_; }
+  int size() const noexcept override { return shared_->size(); }
+
+  void all_gather(const void* send, void* recv, std::size_t count, data_type t, detail::stream_impl& s) override {
+    run(s, call{collective::all_gather, send, count, t, reduce_op::sum}, recv);
+  }
+  void all_reduce(const void* send, void* recv, std::size_t count, data_type t, reduce_op op,
+                  detail::stream_impl& s) override {
+    run(s, call{collective::all_reduce, send, count, t, op}, recv);
+  }
+  void reduce_scatter(const void* send, void* recv, std::size_t recv_count, data_type t, reduce_op op,
+                      detail::stream_impl& s) override {
+    run(s, call{collective::reduce_scatter, send, recv_count, t, op}, recv);
+  }
+  void send(const void* buf, std::size_t count, data_type t, int peer, detail::stream_impl& s) override {
+    check_peer(peer);
+    s.enqueue([shared = shared_, from = rank_, peer, buf, bytes = count * size_of(t)] {
+      shared->send(from, peer, buf, bytes);
+    });
+  }
+  void recv(void* buf, std::size_t count, data_type t, int peer, detail::stream_impl& s) override {
+    check_peer(peer);
+    s.enqueue([shared = shared_, to = rank_, peer, buf, bytes = count * size_of(t)] {
+      shared->recv(peer, to, buf, bytes);
+    });
+  }
+  void barrier(detail::stream_impl& s) override {
+    run(s, call{collective::barrier, nullptr, 0, data_type::u8, reduce_op::sum}, nullptr);
+  }
+  void abort() noexcept override { shared_->abort(errc::communicator_aborted); }
+
+ private:
+  void check_peer(int peer) const {
+    if (peer < 0 || peer >= size() || peer == rank_) {
+      throw std::system_error(make_error_code(errc::invalid_argument),
+                              "cobatch: peer " + std::to_string(peer) + " is not another rank of a communicator of size " +
+                                  std::to_string(size()));
+    }
+  }
+  void run(detail::stream_impl& s, call c, void* recv) {
+    if (c.kind != collective::barrier && (c.send == nullptr || recv == nullptr)) {
+      throw std::system_error(make_error_code(errc::invalid_argument), "cobatch: collective with a null buffer");
+    }
+    s.enqueue([shared = shared_, rank = rank_, c, recv] {
+      auto result = shared->collective_call(rank, c);
+      if (!result.empty()) std::memcpy(recv, result.data(), result.size());
+    });
+  }
+
+  std::shared_ptr<rendezvous> shared_;
+  int rank_;
+};
+
+}  // namespace
+
+std::vector<communicator> make_communicators(int world_size, communicator_options options) {
+  if (world_size < 1) {
+    throw std::system_error(make_error_code(errc::invalid_argument),
+                            "cobatch: world size must be at least 1, got " + std::to_string(world_size));
+  }
+  auto shared = std::make_shared<rendezvous>(world_size, options);
+  std::vector<communicator> ranks;
+  ranks.reserve(static_cast<std::size_t>(world_size));
+  for (int r = 0; r < world_size; ++r) ranks.emplace_back(std::make_unique<host_communicator>(shared, r));
+  return ranks;
+}
+
+}  // namespace cobatch::gpu::host

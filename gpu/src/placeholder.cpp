@@ -1,1 +1,0 @@
-namespace cobatch::gpu::detail { int placeholder_symbol = 0; }
