@@ -90,8 +90,13 @@ class op_awaiter<Token, Initiation, R(Args...), InitArgs...> {
 
  public:
   template <typename I, typename... A>
+    requires(!std::is_same_v<std::decay_t<I>, op_awaiter>)
   explicit op_awaiter(I&& init, A&&... args)
       : init_(std::forward<I>(init)), args_(std::forward<A>(args)...) {}
+  // Movable until awaited (the operation starts only in await_suspend), so
+  // `auto op = x.async_wait(use_task); ...; co_await std::move(op);` works.
+  op_awaiter(op_awaiter&& other) : init_(std::move(other.init_)), args_(std::move(other.args_)) {}
+  op_awaiter& operator=(op_awaiter&&) = delete;
 
   class handler {
    public:
