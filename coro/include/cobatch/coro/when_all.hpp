@@ -7,6 +7,7 @@
 #include "cobatch/coro/task.hpp"
 
 #include <asio/cancellation_signal.hpp>
+#include <asio/post.hpp>
 
 #include <array>
 #include <atomic>
@@ -154,8 +155,18 @@ class when_all_awaiter {
       promise.index = i++;
     }
     // Children may finish (and resume the parent) only after all started:
-    // `remaining` holds one extra count until the loop is done.
-    for (auto& child : children_) child.handle().resume();
+    // `remaining` holds one extra count until the loop is done. With an
+    // executor, children start as queued work in order, so that they
+    // interleave fairly from their first switch; without one, inline.
+    asio::any_io_executor ex;
+    if constexpr (has_promise_context<P>) ex = parent.promise().executor();
+    for (auto& child : children_) {
+      if (ex) {
+        asio::post(ex, [h = child.handle()] { h.resume(); });
+      } else {
+        child.handle().resume();
+      }
+    }
   }
 
   template <std::size_t... I>
@@ -173,8 +184,8 @@ class when_all_awaiter {
 
 }  // namespace detail
 
-/// Awaits every argument concurrently (each starts in turn on the awaiting
-/// coroutine's thread and runs until it first suspends) and returns a tuple of
+/// Awaits every argument concurrently (each starts in turn, posted to the
+/// awaiting coroutine's executor, and runs until it first suspends) and returns a tuple of
 /// their results, std::monostate for those that return void. Children inherit
 /// the executor; each has its own cancellation slot, fed from the parent's.
 template <typename... A>
