@@ -8,7 +8,15 @@
 namespace cobatch::engine {
 
 dispatch_router::dispatch_router(capture_ladder ladder, dispatch_policy policy)
-    : ladder_(std::move(ladder)), policy_(std::move(policy)) {}
+    : ladder_(std::move(ladder)), policy_(std::move(policy)) {
+  if (const auto* p = policy_.target<default_policy>()) static_policy_ = *p;
+}
+
+void dispatch_router::set_policy(dispatch_policy policy) {
+  policy_ = std::move(policy);
+  static_policy_.reset();
+  if (const auto* p = policy_.target<default_policy>()) static_policy_ = *p;
+}
 
 void dispatch_router::declare(dispatch_mode mode, dispatch_key key) {
   validate(mode);
@@ -23,14 +31,15 @@ void dispatch_router::declare(dispatch_mode mode, dispatch_key key) {
     throw_engine_error(errc::invalid_argument,
                        "dispatch_router::declare: piecewise graphs are keyed by token count only; got a key with " +
                            std::to_string(key.requests()) + " requests (use dispatch_key::for_tokens)");
-  declared_.insert(graph_key(mode, key).bits(), 0);
+  declared_.insert(key.bits(), declared_.find_or(key.bits(), 0) | mode_bit(mode));
 }
 
 std::vector<graph_key> dispatch_router::declared() const {
   std::vector<graph_key> out;
-  out.reserve(declared_.size());
-  declared_.for_each([&](std::uint64_t bits, std::uint32_t) {
-    out.push_back(graph_key::from_bits(bits));
+  out.reserve(declared_.size() * 2);
+  declared_.for_each([&](std::uint64_t bits, std::uint32_t modes) {
+    for (const auto m : {dispatch_mode::piecewise, dispatch_mode::full})
+      if (modes & mode_bit(m)) out.emplace_back(m, dispatch_key::from_bits(bits));
   });
   // Largest first; ties in a fixed order so capture order is reproducible.
   std::sort(out.begin(), out.end(), [](graph_key a, graph_key b) {
@@ -44,47 +53,37 @@ dispatch_route dispatch_router::route(dispatch_key step, dispatch_options option
   const auto padded = ladder_.pad(step.tokens());
   if (!padded) return {dispatch_mode::eager, step, step};
 
-  const std::uint32_t p = *padded;
-  const step_feature f = step.features();
-  const dispatch_key relaxed = dispatch_key::for_tokens(p, f);
+  // The exact padded key; for a uniform batch whose rung is not a multiple of
+  // its query length, and for a relaxed step, it is the relaxed key itself.
+  const dispatch_key exact = step.padded_to(*padded);
+  const dispatch_key relaxed = exact.relaxed();
 
-  // The exact padded key. Padding a uniform batch adds whole dummy requests,
-  // so it stays uniform only when the rung is a multiple of the query length;
-  // otherwise there is no exact key and the relaxed key stands for the shape.
-  dispatch_key exact = relaxed;
-  bool has_exact = true;
-  if (const std::uint32_t q = step.uniform_query_len(); q != 0) {
-    if (q == 1)
-      exact = dispatch_key::uniform_decode(p, 1, f);
-    else if (p % q == 0)
-      exact = dispatch_key::uniform_decode(p / q, q, f);
-    else
-      has_exact = false;
-  } else if (!step.is_relaxed()) {
-    exact = dispatch_key::mixed(p, step.requests(), f);
-  }
+  constexpr std::uint32_t full_bit = mode_bit(dispatch_mode::full);
+  constexpr std::uint32_t piecewise_bit = mode_bit(dispatch_mode::piecewise);
+  const std::uint32_t relaxed_modes = declared_.find_or(relaxed.bits(), 0);
+  const std::uint32_t exact_modes = exact == relaxed ? relaxed_modes : declared_.find_or(exact.bits(), 0);
 
   mode_set available{dispatch_mode::eager};
   dispatch_key full_key = relaxed;
   switch (options.full) {
     case full_graphs::allowed:
-      if (has_exact && declared_.contains(graph_key(dispatch_mode::full, exact).bits())) {
+      if (exact_modes & full_bit) {
         full_key = exact;
         available.insert(dispatch_mode::full);
-      } else if (declared_.contains(graph_key(dispatch_mode::full, relaxed).bits())) {
+      } else if (relaxed_modes & full_bit) {
         available.insert(dispatch_mode::full);
       }
       break;
     case full_graphs::disabled: break;
     default: reject_options(options);
   }
-  if (declared_.contains(graph_key(dispatch_mode::piecewise, relaxed).bits()))
-    available.insert(dispatch_mode::piecewise);
+  if (relaxed_modes & piecewise_bit) available.insert(dispatch_mode::piecewise);
 
   if (available.size() == 1) return {dispatch_mode::eager, step, exact};
 
   const policy_input in{exact, step.tokens(), available};
-  const dispatch_mode chosen = policy_.select(in).value_or(dispatch_mode::eager);
+  const dispatch_mode chosen =
+      (static_policy_ ? static_policy_->select(in) : policy_.select(in)).value_or(dispatch_mode::eager);
   switch (chosen) {
     case dispatch_mode::full:
       if (available.contains(dispatch_mode::full)) return {dispatch_mode::full, full_key, exact};

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "cobatch/engine/capture_ladder.hpp"
@@ -58,7 +59,7 @@ class dispatch_router {
   void declare(dispatch_mode mode, dispatch_key key);
 
   bool is_declared(dispatch_mode mode, dispatch_key key) const noexcept {
-    return declared_.contains(graph_key(mode, key).bits());
+    return (declared_.find_or(key.bits(), 0) & mode_bit(mode)) != 0;
   }
 
   /// Every declared graph, largest token count first (capture order).
@@ -74,16 +75,23 @@ class dispatch_router {
   void record_latency(const dispatch_route& r, std::chrono::nanoseconds elapsed);
 
   const capture_ladder& ladder() const noexcept { return ladder_; }
-  dispatch_policy& policy() noexcept { return policy_; }
+  /// The policy, to read what it learned (dispatch_policy::target).
   const dispatch_policy& policy() const noexcept { return policy_; }
+  void set_policy(dispatch_policy policy);
 
  private:
+  static constexpr std::uint32_t mode_bit(dispatch_mode m) noexcept { return 1u << static_cast<unsigned>(m); }
   [[noreturn]] static void reject_choice(dispatch_mode chosen, dispatch_key shape);
   [[noreturn]] static void reject_options(dispatch_options options);
 
   capture_ladder ladder_;
   dispatch_policy policy_;
-  detail::flat_key_index declared_;  // graph_key words; values unused
+  // A copy of the policy when it is the stateless default_policy, so the hot
+  // path calls it directly (inlined) instead of through the erasure.
+  std::optional<default_policy> static_policy_;
+  // One probe answers every mode: key word (without mode bits) -> mask of
+  // the modes declared for it.
+  detail::flat_key_index declared_;
 };
 
 }  // namespace cobatch::engine

@@ -32,6 +32,12 @@ class flat_key_index {
     }
   }
 
+  /// The value stored for `key`, or `otherwise`.
+  std::uint32_t find_or(std::uint64_t key, std::uint32_t otherwise) const noexcept {
+    const std::uint32_t v = find(key);
+    return v == npos ? otherwise : v;
+  }
+
   bool contains(std::uint64_t key) const noexcept { return find(key) != npos; }
 
   /// Inserts or overwrites; `key` must be nonzero.
