@@ -6,6 +6,11 @@
 // looks inside; the caller states each graph's memory size when it is
 // inserted, because only the capturer knows what its pool allotted.
 //
+// Recency is a use counter stamped on the entry by each hit (one store),
+// not a linked list spliced on every hit: lookups run once per step, while
+// evictions happen only when a graph is captured (milliseconds of GPU work),
+// where a scan of the entries costs nothing by comparison.
+//
 // Not synchronized: one step loop owns a cache, as one thread drives the
 // micro-batches of a step. const members may be called concurrently.
 #pragma once
@@ -74,8 +79,8 @@ class graph_entry {
   graph_key key_{dispatch_mode::eager, dispatch_key::from_bits(0)};
   std::size_t bytes_ = 0;
   std::uint64_t hits_ = 0;
-  std::uint32_t prev_ = none;  // towards the most recently used
-  std::uint32_t next_ = none;  // towards the least recently used; free-list link when free
+  std::uint64_t last_use_ = 0;      // the cache's use counter at the last hit or insertion
+  std::uint32_t next_free_ = none;  // free-list link while the slot is free
 };
 
 template <class Graph>
@@ -112,7 +117,7 @@ class graph_cache {
     ++stats_.hits;
     entry& e = slots_[i];
     ++e.hits_;
-    touch(i);
+    e.last_use_ = ++clock_;
     return &e;
   }
 
@@ -155,7 +160,7 @@ class graph_cache {
     e.key_ = key;
     e.bytes_ = bytes;
     e.hits_ = 0;
-    link_front(i);
+    e.last_use_ = ++clock_;
     ++size_;
     bytes_ += bytes;
     ++stats_.captures;
@@ -205,14 +210,20 @@ class graph_cache {
 
   /// Drops every graph (statistics are kept).
   void clear() noexcept {
-    while (head_ != entry::none) remove(head_);
+    for (std::size_t i = 0; i < slots_.size(); ++i)
+      if (slots_[i].graph_) remove(static_cast<std::uint32_t>(i));
   }
 
   /// Keys from the most to the least recently used (the eviction order reversed).
   std::vector<graph_key> keys_by_recency() const {
+    std::vector<const entry*> live;
+    live.reserve(size_);
+    for (const entry& e : slots_)
+      if (e.graph_) live.push_back(&e);
+    std::sort(live.begin(), live.end(), [](const entry* a, const entry* b) { return a->last_use_ > b->last_use_; });
     std::vector<graph_key> out;
-    out.reserve(size_);
-    for (std::uint32_t i = head_; i != entry::none; i = slots_[i].next_) out.push_back(slots_[i].key_);
+    out.reserve(live.size());
+    for (const entry* e : live) out.push_back(e->key_);
     return out;
   }
 
@@ -239,7 +250,7 @@ class graph_cache {
   std::uint32_t allocate_slot() {
     if (free_ != entry::none) {
       const std::uint32_t i = free_;
-      free_ = slots_[i].next_;
+      free_ = slots_[i].next_free_;
       return i;
     }
     slots_.emplace_back();
@@ -247,35 +258,12 @@ class graph_cache {
   }
 
   void release_slot(std::uint32_t i) noexcept {
-    slots_[i].prev_ = entry::none;
-    slots_[i].next_ = free_;
+    slots_[i].next_free_ = free_;
     free_ = i;
-  }
-
-  void link_front(std::uint32_t i) noexcept {
-    entry& e = slots_[i];
-    e.prev_ = entry::none;
-    e.next_ = head_;
-    if (head_ != entry::none) slots_[head_].prev_ = i;
-    head_ = i;
-    if (tail_ == entry::none) tail_ = i;
-  }
-
-  void unlink(std::uint32_t i) noexcept {
-    entry& e = slots_[i];
-    if (e.prev_ != entry::none) slots_[e.prev_].next_ = e.next_; else head_ = e.next_;
-    if (e.next_ != entry::none) slots_[e.next_].prev_ = e.prev_; else tail_ = e.prev_;
-  }
-
-  void touch(std::uint32_t i) noexcept {
-    if (head_ == i) return;
-    unlink(i);
-    link_front(i);
   }
 
   void remove(std::uint32_t i) noexcept {
     entry& e = slots_[i];
-    unlink(i);
     index_.erase(e.key_.bits());
     bytes_ -= e.bytes_;
     --size_;
@@ -285,16 +273,21 @@ class graph_cache {
 
   void evict_one() noexcept {
     // Only called while the bounds are exceeded by a graph that fits alone,
-    // so the cache is not empty.
-    remove(tail_);
+    // so the cache is not empty. Use stamps are unique, so the oldest is too.
+    std::uint32_t oldest = entry::none;
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+      const entry& e = slots_[i];
+      if (e.graph_ && (oldest == entry::none || e.last_use_ < slots_[oldest].last_use_))
+        oldest = static_cast<std::uint32_t>(i);
+    }
+    remove(oldest);
     ++stats_.evictions;
   }
 
   graph_cache_options options_;
   std::deque<entry> slots_;  // a deque keeps entry addresses stable as it grows
   detail::flat_key_index index_;
-  std::uint32_t head_ = entry::none;  // most recently used
-  std::uint32_t tail_ = entry::none;  // least recently used
+  std::uint64_t clock_ = 0;  // counts uses; 64 bits never wrap in practice
   std::uint32_t free_ = entry::none;
   std::size_t size_ = 0;
   std::size_t bytes_ = 0;
