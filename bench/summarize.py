@@ -31,12 +31,16 @@ TABLE = {
     "idle_cpu_percent": ("BM_idle_cpu", "cpu_percent"),
     "slice_ns_4096": ("BM_slice_4096", REAL_TIME),
     "dispatch_ns": ("BM_dispatch_random_key", REAL_TIME),
+    "launch_eager_cpu_ns": ("BM_launch_eager_64", "launch_cpu_ns"),
+    "launch_graph_cpu_ns": ("BM_launch_graph_64", "launch_cpu_ns"),
 }
 
 # ratio key -> (numerator key, denominator key)
 RATIOS = {
     "resume_condvar_over_resume": ("resume_condvar_ns", "resume_ns"),
     "switch_barrier_over_switch": ("switch_barrier_ns", "switch_ns"),
+    # Host backend; the >= 5 target applies to real kernels on a GPU.
+    "replay_cpu_ratio": ("launch_eager_cpu_ns", "launch_graph_cpu_ns"),
 }
 
 # target name -> (measured key, comparison, bound)

@@ -201,11 +201,14 @@ class host_stream final : public detail::stream_impl {
   void* native_handle() const noexcept override { return const_cast<host_stream*>(this); }
 
   void push(stream_op op) {
+    bool wake = false;
     {
       std::lock_guard lock(mutex_);
       queue_.push_back(std::move(op));
+      wake = worker_waiting_;
     }
-    cv_.notify_one();
+    // A busy worker finds the entry without a wake-up system call.
+    if (wake) cv_.notify_one();
   }
 
  private:
@@ -241,7 +244,9 @@ class host_stream final : public detail::stream_impl {
       stream_op op;
       {
         std::unique_lock lock(mutex_);
+        worker_waiting_ = true;
         cv_.wait(lock, [&] { return !queue_.empty(); });
+        worker_waiting_ = false;
         op = std::move(queue_.front());
         queue_.pop_front();
       }
@@ -273,6 +278,7 @@ class host_stream final : public detail::stream_impl {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<stream_op> queue_;
+  bool worker_waiting_ = false;  // guarded by mutex_
   std::error_code error_;
   bool capturing_ = false;  // host-side state: touched only by the thread driving the stream
   std::vector<graph_node> captured_;
