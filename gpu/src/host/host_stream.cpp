@@ -5,7 +5,10 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -73,17 +76,36 @@ host_event& as_host(const detail::event_impl& e) {
   return const_cast<host_event&>(*h);
 }
 
-// One captured or queued step of a stream.
+// --- Graph capture ---------------------------------------------------------
+//
+// As in CUDA, capture follows events across streams: a stream that is not
+// capturing and waits on an event recorded inside a capture joins it as a new
+// lane; a record inside the capture followed by a wait inside the capture is an
+// internal dependency. The origin stream ends the capture; every other lane
+// must have been joined back (the origin waited on its last record).
+
+class capture_session;
+
 struct work_node {
   std::shared_ptr<detail::unique_function> fn;
 };
 struct record_node {
-  host_event* event;  // captured: a fresh fence is made per launch
+  host_event* event;  // may be waited on from outside after a replay
+  std::size_t marker;
 };
 struct wait_node {
-  host_event* event;  // captured: the event's fence at launch time is waited on
+  host_event* event;  // external: the event's fence at launch time
+  std::size_t marker;  // internal when < markers; else external
+  bool internal;
 };
 using graph_node = std::variant<work_node, record_node, wait_node>;
+using lane = std::vector<graph_node>;
+
+struct graph_body {
+  std::vector<lane> lanes;  // lane 0 runs on the launch stream
+  std::size_t markers = 0;
+  std::size_t nodes = 0;
+};
 
 // What a stream's worker runs.
 struct run_work {
@@ -95,35 +117,106 @@ struct run_signal {
 struct run_wait {
   std::shared_ptr<host_fence> fence;
 };
+struct launch_fences {
+  std::vector<std::shared_ptr<host_fence>> markers;   // one per record, fresh per launch
+  std::vector<std::shared_ptr<host_fence>> external;  // one per external wait, in lane order
+};
 struct run_graph {
-  std::shared_ptr<const std::vector<graph_node>> nodes;
-  std::vector<std::shared_ptr<host_fence>> records;  // one per record_node, in order
-  std::vector<std::shared_ptr<host_fence>> waits;    // one per wait_node, in order
+  std::shared_ptr<const graph_body> body;
+  std::size_t lane_index;
+  std::shared_ptr<const launch_fences> fences;
+  std::size_t first_external;  // index into fences->external for this lane
 };
 struct run_stop {};
 using stream_op = std::variant<run_work, run_signal, run_wait, run_graph, run_stop>;
 
+class host_stream;
+
 class host_graph_exec final : public detail::graph_exec_impl {
  public:
-  explicit host_graph_exec(std::shared_ptr<const std::vector<graph_node>> nodes) : nodes_(std::move(nodes)) {}
+  host_graph_exec(std::shared_ptr<const graph_body> body, coro::completion_reactor& reactor);
   void launch(detail::stream_impl& s) override;
-  std::size_t node_count() const noexcept override { return nodes_->size(); }
+  std::size_t node_count() const noexcept override { return body_->nodes; }
 
  private:
-  std::shared_ptr<const std::vector<graph_node>> nodes_;
+  std::shared_ptr<const graph_body> body_;
+  std::vector<std::unique_ptr<host_stream>> side_lanes_;  // run lanes 1..n of each replay
 };
 
 class host_graph final : public detail::graph_impl {
  public:
-  explicit host_graph(std::vector<graph_node> nodes)
-      : nodes_(std::make_shared<const std::vector<graph_node>>(std::move(nodes))) {}
+  host_graph(graph_body body, coro::completion_reactor& reactor)
+      : body_(std::make_shared<const graph_body>(std::move(body))), reactor_(&reactor) {}
   std::unique_ptr<detail::graph_exec_impl> instantiate() const override {
-    return std::make_unique<host_graph_exec>(nodes_);
+    return std::make_unique<host_graph_exec>(body_, *reactor_);
   }
-  std::size_t node_count() const noexcept override { return nodes_->size(); }
+  std::size_t node_count() const noexcept override { return body_->nodes; }
 
  private:
-  std::shared_ptr<const std::vector<graph_node>> nodes_;
+  std::shared_ptr<const graph_body> body_;
+  coro::completion_reactor* reactor_;
+};
+
+class capture_session {
+ public:
+  explicit capture_session(host_stream* origin) { lanes_.push_back({origin, {}}); }
+
+  std::size_t join(host_stream* s) {
+    lanes_.push_back({s, {}});
+    return lanes_.size() - 1;
+  }
+  lane& nodes(std::size_t lane_index) { return lanes_[lane_index].nodes; }
+  std::size_t new_marker() { return markers_++; }
+  std::size_t markers() const noexcept { return markers_; }
+
+  /// Which session and marker an event was last recorded at inside a capture.
+  void note_record(host_event* e, std::size_t marker) { recorded_[e] = marker; }
+  std::optional<std::size_t> marker_of(host_event* e) const {
+    auto it = recorded_.find(e);
+    if (it == recorded_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  std::size_t lane_count() const noexcept { return lanes_.size(); }
+  host_stream* stream_of(std::size_t lane_index) const noexcept { return lanes_[lane_index].stream; }
+
+  /// Checks that every side lane ends with a record the origin lane waits on.
+  void check_joined() const {
+    for (std::size_t l = 1; l < lanes_.size(); ++l) {
+      const auto& nodes = lanes_[l].nodes;
+      const auto* last = nodes.empty() ? nullptr : std::get_if<record_node>(&nodes.back());
+      bool joined = false;
+      if (last != nullptr) {
+        for (const auto& n : lanes_[0].nodes) {
+          if (const auto* w = std::get_if<wait_node>(&n); w && w->internal && w->marker == last->marker) joined = true;
+        }
+      }
+      if (!joined) {
+        throw std::system_error(make_error_code(errc::capture_invalid),
+                                "cobatch: capture ended with work on a joined stream (lane " + std::to_string(l) +
+                                    ") that the origin stream never waited for");
+      }
+    }
+  }
+
+  graph_body take() {
+    graph_body body;
+    body.markers = markers_;
+    for (auto& l : lanes_) {
+      body.nodes += l.nodes.size();
+      body.lanes.push_back(std::move(l.nodes));
+    }
+    return body;
+  }
+
+ private:
+  struct lane_entry {
+    host_stream* stream;
+    lane nodes;
+  };
+  std::vector<lane_entry> lanes_;
+  std::size_t markers_ = 0;
+  std::map<host_event*, std::size_t> recorded_;
 };
 
 class host_stream final : public detail::stream_impl {
@@ -132,13 +225,19 @@ class host_stream final : public detail::stream_impl {
       : reactor_(&reactor), priority_(priority), worker_([this] { run(); }) {}
 
   ~host_stream() override {
+    if (owned_session_) {
+      // Destroyed mid-capture: end the capture so no stream keeps a dangling
+      // reference to it.
+      for (std::size_t l = 0; l < owned_session_->lane_count(); ++l) owned_session_->stream_of(l)->session_ = nullptr;
+      std::erase(live_sessions(), owned_session_.get());
+    }
     push(run_stop{});
     worker_.join();
   }
 
   void enqueue(detail::unique_function fn) override {
-    if (capturing_) {
-      captured_.push_back(work_node{std::make_shared<detail::unique_function>(std::move(fn))});
+    if (session_) {
+      session_->nodes(lane_).push_back(work_node{std::make_shared<detail::unique_function>(std::move(fn))});
       return;
     }
     push(run_work{std::move(fn)});
@@ -146,8 +245,10 @@ class host_stream final : public detail::stream_impl {
 
   void record(detail::event_impl& e) override {
     auto& ev = as_host(e);
-    if (capturing_) {
-      captured_.push_back(record_node{&ev});
+    if (session_) {
+      const auto marker = session_->new_marker();
+      session_->nodes(lane_).push_back(record_node{&ev, marker});
+      session_->note_record(&ev, marker);
       return;
     }
     auto f = std::make_shared<host_fence>();
@@ -157,15 +258,27 @@ class host_stream final : public detail::stream_impl {
 
   void wait(const detail::event_impl& e) override {
     auto& ev = as_host(e);
-    if (capturing_) {
-      captured_.push_back(wait_node{&ev});
+    // An event recorded inside a capture in progress: this stream joins that
+    // capture (if it is not in it yet) and the wait becomes an internal edge.
+    if (auto* session = active_session_of(ev)) {
+      if (session_ == nullptr) {
+        session_ = session;
+        lane_ = session->join(this);
+      }
+      if (session_ == session) {
+        session_->nodes(lane_).push_back(wait_node{&ev, *session->marker_of(&ev), true});
+        return;
+      }
+    }
+    if (session_) {
+      session_->nodes(lane_).push_back(wait_node{&ev, 0, false});
       return;
     }
     if (auto f = ev.current_fence()) push(run_wait{std::move(f)});
   }
 
   fence mark() override {
-    if (capturing_) {
+    if (session_) {
       throw std::system_error(make_error_code(errc::capture_invalid),
                               "cobatch: cannot wait for a stream while it is being captured");
     }
@@ -182,20 +295,30 @@ class host_stream final : public detail::stream_impl {
   }
 
   void begin_capture() override {
-    if (capturing_) {
+    if (session_) {
       throw std::system_error(make_error_code(errc::capture_invalid), "cobatch: the stream is already capturing");
     }
-    capturing_ = true;
-    captured_.clear();
+    owned_session_ = std::make_unique<capture_session>(this);
+    session_ = owned_session_.get();
+    lane_ = 0;
+    live_sessions().push_back(session_);
   }
+
   graph end_capture() override {
-    if (!capturing_) {
-      throw std::system_error(make_error_code(errc::capture_invalid), "cobatch: end_capture without begin_capture");
+    if (!owned_session_) {
+      throw std::system_error(make_error_code(errc::capture_invalid),
+                              session_ ? "cobatch: end_capture must be called on the stream that began the capture"
+                                       : "cobatch: end_capture without begin_capture");
     }
-    capturing_ = false;
-    return graph(std::make_unique<host_graph>(std::exchange(captured_, {})));
+    auto session = std::move(owned_session_);
+    // The capture ends whether or not it is valid, so no stream stays stuck in it.
+    for (std::size_t l = 0; l < session->lane_count(); ++l) session->stream_of(l)->session_ = nullptr;
+    std::erase(live_sessions(), session.get());
+    session->check_joined();
+    return graph(std::make_unique<host_graph>(session->take(), *reactor_));
   }
-  bool capturing() const noexcept override { return capturing_; }
+
+  bool capturing() const noexcept override { return session_ != nullptr; }
 
   coro::completion_reactor& reactor() const noexcept override { return *reactor_; }
   void* native_handle() const noexcept override { return const_cast<host_stream*>(this); }
@@ -212,6 +335,20 @@ class host_stream final : public detail::stream_impl {
   }
 
  private:
+  // Captures in progress, to let a wait find the capture an event belongs to.
+  // Capture is host-side bookkeeping done by the thread that drives the
+  // streams (as CUDA's thread-local capture mode), so no lock is taken.
+  static std::vector<capture_session*>& live_sessions() {
+    thread_local std::vector<capture_session*> sessions;
+    return sessions;
+  }
+  static capture_session* active_session_of(host_event& ev) {
+    for (auto* s : live_sessions()) {
+      if (s->marker_of(&ev)) return s;
+    }
+    return nullptr;
+  }
+
   void fail(std::error_code ec) {
     std::lock_guard lock(mutex_);
     if (!error_) error_ = ec;
@@ -235,8 +372,24 @@ class host_stream final : public detail::stream_impl {
     f.signal(current_error());
     reactor_->kick();
   }
-  void join(const host_fence& f) {
-    if (auto ec = f.wait()) fail(ec);  // a join on failed work inherits the failure
+  void join(const host_fence* f) {
+    if (f == nullptr) return;
+    if (auto ec = f->wait()) fail(ec);  // a join on failed work inherits the failure
+  }
+
+  void run_lane(const run_graph& g) {
+    std::size_t external = g.first_external;
+    for (const auto& node : g.body->lanes[g.lane_index]) {
+      if (const auto* w = std::get_if<work_node>(&node)) {
+        run_one_work(*w->fn);
+      } else if (const auto* r = std::get_if<record_node>(&node)) {
+        signal(*g.fences->markers[r->marker]);
+      } else if (const auto& wn = std::get<wait_node>(node); wn.internal) {
+        join(g.fences->markers[wn.marker].get());
+      } else {
+        join(g.fences->external[external++].get());
+      }
+    }
   }
 
   void run() {
@@ -253,22 +406,12 @@ class host_stream final : public detail::stream_impl {
       if (std::holds_alternative<run_stop>(op)) return;
       if (auto* w = std::get_if<run_work>(&op)) {
         run_one_work(w->fn);
-      } else if (auto* s = std::get_if<run_signal>(&op)) {
-        signal(*s->fence);
+      } else if (auto* sig = std::get_if<run_signal>(&op)) {
+        signal(*sig->fence);
       } else if (auto* j = std::get_if<run_wait>(&op)) {
-        join(*j->fence);
+        join(j->fence.get());
       } else if (auto* g = std::get_if<run_graph>(&op)) {
-        std::size_t r = 0;
-        std::size_t q = 0;
-        for (const auto& node : *g->nodes) {
-          if (auto* wn = std::get_if<work_node>(&node)) {
-            run_one_work(*wn->fn);
-          } else if (std::holds_alternative<record_node>(node)) {
-            signal(*g->records[r++]);
-          } else if (const auto& f = g->waits[q++]) {
-            join(*f);
-          }
-        }
+        run_lane(*g);
       }
     }
   }
@@ -280,10 +423,19 @@ class host_stream final : public detail::stream_impl {
   std::deque<stream_op> queue_;
   bool worker_waiting_ = false;  // guarded by mutex_
   std::error_code error_;
-  bool capturing_ = false;  // host-side state: touched only by the thread driving the stream
-  std::vector<graph_node> captured_;
+  // Capture state: host-side, touched only by the thread driving the stream.
+  std::unique_ptr<capture_session> owned_session_;  // set on the origin stream
+  capture_session* session_ = nullptr;               // the capture this stream is in
+  std::size_t lane_ = 0;
   std::thread worker_;
 };
+
+host_graph_exec::host_graph_exec(std::shared_ptr<const graph_body> body, coro::completion_reactor& reactor)
+    : body_(std::move(body)) {
+  for (std::size_t l = 1; l < body_->lanes.size(); ++l) {
+    side_lanes_.push_back(std::make_unique<host_stream>(reactor, stream_priority::normal));
+  }
+}
 
 void host_graph_exec::launch(detail::stream_impl& s) {
   auto* hs = dynamic_cast<host_stream*>(&s);
@@ -295,18 +447,27 @@ void host_graph_exec::launch(detail::stream_impl& s) {
     throw std::system_error(make_error_code(errc::capture_invalid),
                             "cobatch: launching a graph into a capture is not supported by the host backend");
   }
-  run_graph op{nodes_, {}, {}};
-  for (const auto& node : *nodes_) {
-    if (auto* r = std::get_if<record_node>(&node)) {
-      auto f = std::make_shared<host_fence>();
-      r->event->set(f);
-      op.records.push_back(std::move(f));
-    } else if (auto* w = std::get_if<wait_node>(&node)) {
-      op.waits.push_back(w->event->current_fence());
+  auto fences = std::make_shared<launch_fences>();
+  fences->markers.reserve(body_->markers);
+  for (std::size_t m = 0; m < body_->markers; ++m) fences->markers.push_back(std::make_shared<host_fence>());
+  std::vector<std::size_t> first_external(body_->lanes.size(), 0);
+  for (std::size_t l = 0; l < body_->lanes.size(); ++l) {
+    first_external[l] = fences->external.size();
+    for (const auto& node : body_->lanes[l]) {
+      if (const auto* r = std::get_if<record_node>(&node)) {
+        r->event->set(fences->markers[r->marker]);  // the host can await the event at once
+      } else if (const auto* w = std::get_if<wait_node>(&node); w && !w->internal) {
+        fences->external.push_back(w->event->current_fence());
+      }
     }
   }
-  // The whole replay is one queue entry: that is where a graph saves host time.
-  hs->push(std::move(op));
+  std::shared_ptr<const launch_fences> shared = std::move(fences);
+  // Each lane of the replay is one queue entry: that is where a graph saves
+  // host time. Side lanes start only through their internal waits on lane 0.
+  for (std::size_t l = 1; l < body_->lanes.size(); ++l) {
+    side_lanes_[l - 1]->push(run_graph{body_, l, shared, first_external[l]});
+  }
+  hs->push(run_graph{body_, 0, shared, first_external[0]});
 }
 
 }  // namespace
