@@ -15,7 +15,14 @@ if(NOT TARGET cobatch_dep::asio)
   add_library(cobatch_dep::asio INTERFACE IMPORTED)
   target_include_directories(cobatch_dep::asio INTERFACE "${COBATCH_ASIO_INCLUDE_DIR}")
   # Asio without deprecated names keeps compile times and surprises down.
-  target_compile_definitions(cobatch_dep::asio INTERFACE ASIO_STANDALONE ASIO_NO_DEPRECATED)
+  # ASIO_DISABLE_STD_ALIGNED_ALLOC: Asio decides between aligned_alloc/free and
+  # operator new/delete from a libstdc++ macro that is defined only if a
+  # standard header came before Asio's in the translation unit. Translation
+  # units that include in different orders then disagree on one inline
+  # function, and memory allocated by one is freed by the other (AddressSanitizer
+  # reports alloc-dealloc-mismatch). One choice for every unit removes that.
+  target_compile_definitions(cobatch_dep::asio INTERFACE
+    ASIO_STANDALONE ASIO_NO_DEPRECATED ASIO_DISABLE_STD_ALIGNED_ALLOC)
   target_link_libraries(cobatch_dep::asio INTERFACE Threads::Threads)
 endif()
 
