@@ -1,0 +1,59 @@
+#include "cobatch/engine/ubatch_context.hpp"
+
+#include "cobatch/engine/timeline.hpp"
+
+#include "message.hpp"
+
+namespace cobatch::engine {
+
+const ubatch& ubatch_context::slice() const {
+  if (slice_ == nullptr) {
+    throw_engine_error(errc::invalid_argument,
+                       detail::cat("micro-batch ", index_, ": the step was run without a plan, so it has no slice"));
+  }
+  return *slice_;
+}
+
+ubatch_context::switch_awaiter ubatch_context::switch_to_comm() {
+  if (role_ == gpu::stream_role::communication) {
+    throw_engine_error(errc::invalid_argument,
+                       detail::cat("micro-batch ", index_, ": switch_to_comm() while already on the comm stream"));
+  }
+  if (trace_ != nullptr) close_span();
+  compute_.record(compute_done_);
+  comm_.wait(compute_done_);
+  role_ = gpu::stream_role::communication;
+  return {this, switch_kind::to_comm};
+}
+
+ubatch_context::switch_awaiter ubatch_context::switch_to_compute() {
+  if (role_ == gpu::stream_role::compute) {
+    throw_engine_error(errc::invalid_argument,
+                       detail::cat("micro-batch ", index_, ": switch_to_compute() while already on the compute stream"));
+  }
+  if (trace_ != nullptr) close_span();
+  comm_.record(comm_done_);
+  compute_.wait(comm_done_);
+  role_ = gpu::stream_role::compute;
+  return {this, switch_kind::to_compute};
+}
+
+void ubatch_context::label(std::string_view name) {
+  if (trace_ != nullptr) label_.assign(name);
+}
+
+void ubatch_context::open_span() {
+  if (trace_ == nullptr || open_span_) return;
+  const bool on_compute = role_ == gpu::stream_role::compute;
+  open_span_ = trace_->begin_device_span(current_stream(), on_compute ? compute_lane_ : comm_lane_, index_,
+                                         on_compute ? "compute" : "comm");
+}
+
+void ubatch_context::close_span() {
+  if (trace_ == nullptr || !open_span_) return;
+  trace_->end_device_span(current_stream(), *open_span_, label_);
+  open_span_.reset();
+  label_.clear();
+}
+
+}  // namespace cobatch::engine
