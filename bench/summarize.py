@@ -43,8 +43,31 @@ RATIOS = {
     "replay_cpu_ratio": ("launch_eager_cpu_ns", "launch_graph_cpu_ns"),
 }
 
+# Overlap sweeps: one benchmark per configuration (N, compute:comm). Each
+# figure condenses the per-configuration medians of a counter.
+#   key -> (benchmark, counter, "min" | "max")
+SWEEPS = {
+    "overlap_efficiency": ("BM_overlap_coroutine", "efficiency", "min"),
+    "overlap_efficiency_threads": ("BM_overlap_threads", "efficiency", "min"),
+    "overlap_efficiency_busy": ("BM_overlap_coroutine_busy", "efficiency", "min"),
+    "overlap_efficiency_busy_threads": ("BM_overlap_threads_busy", "efficiency", "min"),
+}
+# Paired sweeps: the same configuration of two benchmarks, compared.
+#   key -> (numerator benchmark, denominator benchmark, counter, "geomean" | "min" | "max")
+PAIRED = {
+    # CPU time per step of the thread-per-micro-batch version over the
+    # coroutine version's, across the sweep.
+    "overlap_cpu_ratio": ("BM_overlap_threads", "BM_overlap_coroutine", "host_cpu_us", "geomean"),
+    "overlap_cpu_ratio_min": ("BM_overlap_threads", "BM_overlap_coroutine", "host_cpu_us", "min"),
+    # Coroutine makespan over the threads' (no worse: <= 1 up to noise).
+    "overlap_makespan_ratio": ("BM_overlap_coroutine", "BM_overlap_threads", "makespan_ms", "max"),
+}
+
 # target name -> (measured key, comparison, bound)
 TARGETS = {
+    "overlap_efficiency": ("overlap_efficiency", ">=", 0.95),
+    "overlap_cpu_ratio": ("overlap_cpu_ratio", ">=", 3),
+    "overlap_makespan_ratio": ("overlap_makespan_ratio", "<=", 1.02),
     "resume_ns": ("resume_ns", "<=", 2000),
     "resume_condvar_over_resume": ("resume_condvar_over_resume", ">=", 3),
     "switch_ns": ("switch_ns", "<=", 100),
@@ -100,6 +123,45 @@ def measure(benchmarks, name, field):
     return statistics.median(values) if values else None
 
 
+def config_of(entry):
+    """The arguments part of a benchmark's name ("N:2/compute:1/comm:1")."""
+    name = entry.get("run_name") or entry.get("name", "")
+    parts = name.split("/")[1:]
+    return "/".join(p for p in parts if not p.startswith("iterations:") and p not in ("real_time",)
+                    and not p.startswith("repeats:"))
+
+
+def per_config(benchmarks, name, field):
+    """{configuration: median of `field` over its repetitions} for `name`."""
+    groups = {}
+    for b in benchmarks:
+        if base_name(b) != name or b.get("error_occurred"):
+            continue
+        groups.setdefault(config_of(b), []).append(b)
+    result = {}
+    for config, entries in groups.items():
+        medians = [value_of(b, field) for b in entries if aggregate_name(b) == "median"]
+        medians = [v for v in medians if v is not None]
+        if medians:
+            result[config] = medians[0]
+            continue
+        runs = [value_of(b, field) for b in entries if aggregate_name(b) is None]
+        runs = [v for v in runs if v is not None]
+        if runs:
+            result[config] = statistics.median(runs)
+    return result
+
+
+def condense(values, how):
+    if not values:
+        return None
+    if how == "min":
+        return min(values)
+    if how == "max":
+        return max(values)
+    return statistics.geometric_mean(values)
+
+
 def machine_info():
     info = {
         "nproc": os.cpu_count(),
@@ -135,6 +197,28 @@ def summarize(report):
             missing.append(key)
         else:
             summary[key] = value
+
+    sweeps = {}
+    for key, (name, field, how) in SWEEPS.items():
+        values = per_config(benchmarks, name, field)
+        value = condense(list(values.values()), how)
+        if value is None:
+            missing.append(key)
+        else:
+            summary[key] = value
+            sweeps[key] = values
+    for key, (num_name, den_name, field, how) in PAIRED.items():
+        num = per_config(benchmarks, num_name, field)
+        den = per_config(benchmarks, den_name, field)
+        ratios = {c: num[c] / den[c] for c in num if c in den and den[c] != 0}
+        value = condense(list(ratios.values()), how)
+        if value is None:
+            missing.append(key)
+        else:
+            summary[key] = value
+            if how != "min":  # the per-configuration ratios are listed once
+                sweeps[key] = ratios
+    summary["per_configuration"] = sweeps
 
     for key, (num, den) in RATIOS.items():
         if num in summary and den in summary and summary[den] != 0:

@@ -20,8 +20,7 @@ ubatch_context::switch_awaiter ubatch_context::switch_to_comm() {
                        detail::cat("micro-batch ", index_, ": switch_to_comm() while already on the comm stream"));
   }
   if (trace_ != nullptr) close_span();
-  compute_.record(compute_done_);
-  comm_.wait(compute_done_);
+  compute_.record(compute_done_);  // the comm stream waits on it after the hand-over
   role_ = gpu::stream_role::communication;
   return {this, switch_kind::to_comm};
 }
@@ -32,8 +31,7 @@ ubatch_context::switch_awaiter ubatch_context::switch_to_compute() {
                        detail::cat("micro-batch ", index_, ": switch_to_compute() while already on the compute stream"));
   }
   if (trace_ != nullptr) close_span();
-  comm_.record(comm_done_);
-  compute_.wait(comm_done_);
+  comm_.record(comm_done_);  // the compute stream waits on it after the hand-over
   role_ = gpu::stream_role::compute;
   return {this, switch_kind::to_compute};
 }

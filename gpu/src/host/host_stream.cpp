@@ -19,16 +19,24 @@ namespace {
 class host_fence final : public detail::fence_impl {
  public:
   coro::fence_status query() const noexcept override {
-    switch (state_.load(std::memory_order_acquire)) {
+    // A fence that is polled wants a kick when it is signalled; one that is
+    // never polled (most records: their waits are joins between streams)
+    // must not wake a sleeping poller for nothing. seq_cst on both sides: the
+    // poller either sees the signal or the signaller sees the poll.
+    if (!polled_.load(std::memory_order_relaxed)) polled_.store(true, std::memory_order_seq_cst);
+    switch (state_.load(std::memory_order_seq_cst)) {
       case ready: return coro::fence_status::ready();
       case failed: return coro::fence_status::failed(error_);
       default: return coro::fence_status::pending();
     }
   }
-  void signal(std::error_code ec) noexcept {
+  /// Returns whether anyone has polled the fence, i.e. whether a sleeping
+  /// poller should be woken.
+  bool signal(std::error_code ec) noexcept {
     error_ = ec;
-    state_.store(ec ? failed : ready, std::memory_order_release);
+    state_.store(ec ? failed : ready, std::memory_order_seq_cst);
     state_.notify_all();
+    return polled_.load(std::memory_order_seq_cst);
   }
   /// Blocks the calling worker (the "device") until signalled.
   std::error_code wait() const noexcept {
@@ -40,6 +48,7 @@ class host_fence final : public detail::fence_impl {
  private:
   enum : int { pending = 0, ready = 1, failed = 2 };
   std::atomic<int> state_{pending};
+  mutable std::atomic<bool> polled_{false};
   std::error_code error_;  // written before the release store, read after acquire
 };
 
@@ -369,8 +378,7 @@ class host_stream final : public detail::stream_impl {
     }
   }
   void signal(host_fence& f) {
-    f.signal(current_error());
-    reactor_->kick();
+    if (f.signal(current_error())) reactor_->kick();
   }
   void join(const host_fence* f) {
     if (f == nullptr) return;

@@ -60,6 +60,7 @@ class ubatch_context {
     }
     void await_resume() {
       ctx_->step_->resume_from_switch(ctx_->index_);
+      ctx_->join_after_switch(kind_);
       if (ctx_->trace_ != nullptr) ctx_->open_span();
     }
 
@@ -115,8 +116,12 @@ class ubatch_context {
   /// Orders the comm stream after this micro-batch's compute so far (an event
   /// recorded on the compute stream, waited on by the comm stream: a device
   /// join that blocks no thread), makes comm the current stream, and hands
-  /// over. Throws engine_error (errc::invalid_argument) when comm is already
-  /// the current stream, which is a schedule bug.
+  /// over. The event is recorded before the hand-over and waited on after it,
+  /// just before this micro-batch's own comm work: waiting at once would put
+  /// the join ahead of the work the other micro-batches enqueue on the shared
+  /// comm stream meanwhile, and hold that work back behind this compute.
+  /// Throws engine_error (errc::invalid_argument) when comm is already the
+  /// current stream, which is a schedule bug.
   switch_awaiter switch_to_comm();
   /// The mirror image: compute waits for the comm stream's work so far.
   switch_awaiter switch_to_compute();
@@ -150,6 +155,13 @@ class ubatch_context {
   // on a shared stream the other micro-batches' work comes in between.
   void open_span();
   void close_span();
+  void join_after_switch(switch_kind kind) {
+    if (kind == switch_kind::to_comm) {
+      comm_.wait(compute_done_);
+    } else if (kind == switch_kind::to_compute) {
+      compute_.wait(comm_done_);
+    }
+  }
 
   detail::ubatch_step* step_;
   std::int32_t index_;
