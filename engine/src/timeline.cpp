@@ -243,7 +243,7 @@ void timeline::write_svg(std::ostream& out, const svg_options& options) const {
   }
   // Legend.
   for (std::int32_t mb = 0; mb <= max_mb; ++mb) {
-    const int x = label_w + mb * 90;
+    const int x = label_w + mb * 110;
     std::snprintf(buf, sizeof buf,
                   "<rect x=\"%d\" y=\"%d\" width=\"12\" height=\"12\" fill=\"%s\"/>"
                   "<text x=\"%d\" y=\"%d\">micro-batch %d</text>\n",
