@@ -51,6 +51,9 @@ SWEEPS = {
     "overlap_efficiency_threads": ("BM_overlap_threads", "efficiency", "min"),
     "overlap_efficiency_busy": ("BM_overlap_coroutine_busy", "efficiency", "min"),
     "overlap_efficiency_busy_threads": ("BM_overlap_threads_busy", "efficiency", "min"),
+    # Host CPU per step, the most expensive configuration of each version.
+    "overlap_host_cpu_us_coroutine": ("BM_overlap_coroutine", "host_cpu_us", "max"),
+    "overlap_host_cpu_us_threads": ("BM_overlap_threads", "host_cpu_us", "max"),
 }
 # Paired sweeps: the same configuration of two benchmarks, compared.
 #   key -> (numerator benchmark, denominator benchmark, counter, "geomean" | "min" | "max")
