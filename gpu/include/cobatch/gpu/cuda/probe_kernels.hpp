@@ -24,7 +24,8 @@ void fma_chain(const float* in, float* out, std::size_t n, std::uint32_t iterati
 float expected_fma(float x, std::uint32_t iterations) noexcept;
 
 /// Spins one small block for about `cycles` clock cycles, then writes
-/// `value` to *flag: a kernel of set duration that uses almost no SMs.
+/// `value` to *flag (unless flag is null): a kernel of set duration that
+/// uses almost no SMs.
 void spin(std::uint64_t cycles, std::uint32_t* flag, std::uint32_t value, stream_ref s);
 
 /// out[i] = in[i] * scale.
