@@ -1,15 +1,21 @@
 #include "cobatch/gpu/communicator.hpp"
 
 #include "cobatch/coro/run_loop.hpp"
+#include "cobatch/gpu/collective_wait.hpp"
 #include "cobatch/coro/sync_wait.hpp"
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/bind_executor.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/post.hpp>
 #include <catch2/catch.hpp>
 
 #include <chrono>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 using namespace cobatch;
@@ -108,4 +114,38 @@ TEST_CASE("a receive of another size than was sent fails with rank_mismatch", "[
     co_return ec;
   };
   CHECK(coro::sync_wait(f.loop, body()) == gpu::errc::rank_mismatch);
+}
+
+TEST_CASE("cancelling a wait on a collective aborts the communicator, so no rank waits forever",
+          "[gpu][host][comm]") {
+  fixture f;
+  // No timeout: only the abort can end the collective rank 1 never joins.
+  auto comms = gpu::host::make_communicators(2, {std::chrono::milliseconds(0)});
+  auto s = f.dev.make_stream();
+  float x = 1, y = 0;
+  comms[0].all_reduce(&x, &y, 1, gpu::data_type::f32, gpu::reduce_op::sum, s);
+  asio::cancellation_signal cancel;
+  std::error_code waited;
+  bool done = false;
+  gpu::async_wait_collective(comms[0], s,
+                             asio::bind_cancellation_slot(cancel.slot(), asio::bind_executor(f.loop.get_executor(),
+                                                                                              [&](std::error_code ec) {
+                                                                                                waited = ec;
+                                                                                                done = true;
+                                                                                              })));
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    asio::post(f.loop.get_executor(), [&] { cancel.emit(asio::cancellation_type::terminal); });
+  });
+  f.loop.restart();
+  f.loop.run();
+  canceller.join();
+  REQUIRE(done);
+  CHECK(waited == asio::error::operation_aborted);
+  // The collective itself now fails on the stream instead of hanging it.
+  auto body = [&]() -> coro::task<std::error_code> {
+    auto [ec] = co_await s.async_wait(coro::as_tuple_task);
+    co_return ec;
+  };
+  CHECK(coro::sync_wait(f.loop, body()) == gpu::errc::communicator_aborted);
 }
