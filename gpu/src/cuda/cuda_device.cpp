@@ -88,7 +88,11 @@ void cuda_event::recorded(std::shared_ptr<const stream_health> health, std::uint
 
 class cuda_graph_exec final : public gpu::detail::graph_exec_impl {
  public:
-  cuda_graph_exec(cudaGraphExec_t exec, std::size_t nodes) : exec_(exec), nodes_(nodes) {}
+  // Keeps the graph it was made or last updated from: host functions of an
+  // update's graph are owned by that graph (user objects are not carried over
+  // by cudaGraphExecUpdate), and the executable runs them from now on.
+  cuda_graph_exec(cudaGraphExec_t exec, std::size_t nodes, std::shared_ptr<CUgraph_st> source)
+      : exec_(exec), nodes_(nodes), source_(std::move(source)) {}
   ~cuda_graph_exec() override {
     if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
   }
@@ -99,10 +103,12 @@ class cuda_graph_exec final : public gpu::detail::graph_exec_impl {
   }
   std::size_t node_count() const noexcept override { return nodes_; }
 
-  graph_update_result update(cudaGraph_t g, std::size_t nodes) {
+  graph_update_result update(const std::shared_ptr<CUgraph_st>& source, std::size_t nodes) {
+    cudaGraph_t g = source.get();
     cudaGraphExecUpdateResultInfo info{};
     if (cudaGraphExecUpdate(exec_, g, &info) == cudaSuccess) {
       nodes_ = nodes;
+      source_ = source;
       return graph_update_result::updated_in_place;
     }
     // Topology or node kinds changed: the failure is expected, not an error.
@@ -112,12 +118,14 @@ class cuda_graph_exec final : public gpu::detail::graph_exec_impl {
     cudaGraphExecDestroy(exec_);
     exec_ = fresh;
     nodes_ = nodes;
+    source_ = source;
     return graph_update_result::reinstantiated;
   }
 
  private:
   cudaGraphExec_t exec_;
   std::size_t nodes_;
+  std::shared_ptr<CUgraph_st> source_;
 };
 
 class cuda_graph final : public gpu::detail::graph_impl {
@@ -130,10 +138,10 @@ class cuda_graph final : public gpu::detail::graph_impl {
   std::unique_ptr<gpu::detail::graph_exec_impl> instantiate() const override {
     cudaGraphExec_t exec = nullptr;
     COBATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph_.get(), 0));
-    return std::make_unique<cuda_graph_exec>(exec, nodes_);
+    return std::make_unique<cuda_graph_exec>(exec, nodes_, graph_);
   }
   std::size_t node_count() const noexcept override { return nodes_; }
-  cudaGraph_t get() const noexcept { return graph_.get(); }
+  const std::shared_ptr<CUgraph_st>& shared() const noexcept { return graph_; }
 
  private:
   std::shared_ptr<CUgraph_st> graph_;
@@ -436,7 +444,7 @@ graph_update_result update(graph_exec& exec, const graph& g) {
     throw std::system_error(make_error_code(errc::invalid_argument),
                             "cobatch: update needs an instantiated graph and a graph of the CUDA backend");
   }
-  return ce->update(cg->get(), cg->node_count());
+  return ce->update(cg->shared(), cg->node_count());
 }
 
 }  // namespace cobatch::gpu::cuda
