@@ -56,6 +56,9 @@ void event_pool::give_back(cudaEvent_t e) noexcept {
 
 coro::fence_status event_fence::query() const noexcept {
   if (auto ec = health_ ? health_->error_up_to(ticket_) : std::error_code{}) return coro::fence_status::failed(ec);
+  for (const auto& g : guards_) {
+    if (auto ec = g.guard->cut_short()) return coro::fence_status::failed(ec);
+  }
   const cudaError_t status = cudaEventQuery(event_.get());
   if (status == cudaSuccess) return coro::fence_status::ready();
   if (status != cudaErrorNotReady) {
@@ -200,8 +203,12 @@ void cuda_stream::enqueue(gpu::detail::unique_function fn) {
 }
 
 std::vector<guard_entry> cuda_stream::live_guards() {
-  // A guard is needed until the work it watches has completed.
-  std::erase_if(guards_, [](const guard_entry& g) { return cudaEventQuery(g.done.get()) == cudaSuccess; });
+  // A guard is needed until the work it watches has completed; one whose
+  // work was cut short stays, failing every later fence of the stream, as
+  // later work may consume what it never produced.
+  std::erase_if(guards_, [](const guard_entry& g) {
+    return cudaEventQuery(g.done.get()) == cudaSuccess && !g.guard->cut_short();
+  });
   return guards_;
 }
 

@@ -101,6 +101,10 @@ class fence_guard {
   /// Empty while all is well; the failure otherwise (after acting on it,
   /// e.g. aborting the communicator). Cheap, never blocks for long.
   virtual std::error_code check() const noexcept = 0;
+  /// The failure that cut the guarded work short, if one did. Asked even
+  /// when the event completed: an aborted collective's kernels return early,
+  /// and its completion event then completes although its data is not there.
+  virtual std::error_code cut_short() const noexcept = 0;
 };
 
 /// A guard watched until `done` (an event recorded after the guarded work)

@@ -56,6 +56,8 @@ clock::time_point deadline_after(std::chrono::milliseconds timeout) {
   return timeout.count() > 0 ? clock::now() + timeout : clock::time_point::max();
 }
 
+class collective_guard;
+
 /// A communicator and what guards it. Shared by the communicator handle and
 /// every fence watching one of its collectives.
 class comm_state {
@@ -111,6 +113,11 @@ class comm_state {
     std::lock_guard lock(mutex_);
     abort_locked();
   }
+
+  /// Remembers a collective until it is known to have completed: an abort
+  /// marks those still running as cut short before their kernels are made
+  /// to return.
+  void track(const std::shared_ptr<collective_guard>& g);
 
   /// For the issuing thread, which holds mutex().
   void abort_locked(std::error_code why) noexcept {
@@ -171,13 +178,7 @@ class comm_state {
     failed_.store(true, std::memory_order_release);
     return true;
   }
-  void abort_locked() noexcept {
-    if (aborted_ || comm_ == nullptr) return;
-    aborted_ = true;
-    // Makes the communicator's kernels return, so the streams (and the
-    // events behind every pending fence) move on.
-    ncclCommAbort(comm_);
-  }
+  void abort_locked() noexcept;
 
   ncclComm_t comm_;
   int rank_;
@@ -185,6 +186,8 @@ class comm_state {
   int device_;
   communicator_options options_;
   std::mutex mutex_;  // the issuing thread, the poller and abort take turns on comm_
+  std::mutex live_mutex_;  // guards live_
+  std::vector<std::weak_ptr<collective_guard>> live_;
   bool aborted_ = false;
   std::atomic<bool> failed_{false};
   mutable std::mutex failure_mutex_;
@@ -195,8 +198,8 @@ class comm_state {
 /// and its deadline.
 class collective_guard final : public detail::fence_guard {
  public:
-  collective_guard(std::shared_ptr<comm_state> state, clock::time_point deadline)
-      : state_(std::move(state)), deadline_(deadline) {}
+  collective_guard(std::shared_ptr<comm_state> state, std::shared_ptr<CUevent_st> done, clock::time_point deadline)
+      : state_(std::move(state)), done_(std::move(done)), deadline_(deadline) {}
   std::error_code check() const noexcept override {
     if (auto ec = state_->poll()) return ec;
     if (clock::now() > deadline_) {
@@ -205,18 +208,52 @@ class collective_guard final : public detail::fence_guard {
     }
     return {};
   }
+  std::error_code cut_short() const noexcept override {
+    return cut_short_.load(std::memory_order_acquire) ? state_->failure() : std::error_code{};
+  }
+  bool finished() const noexcept { return cudaEventQuery(done_.get()) == cudaSuccess; }
+  void mark_cut_short() noexcept { cut_short_.store(true, std::memory_order_release); }
 
  private:
   std::shared_ptr<comm_state> state_;
+  std::shared_ptr<CUevent_st> done_;
   clock::time_point deadline_;
+  std::atomic<bool> cut_short_{false};
 };
+
+void comm_state::abort_locked() noexcept {
+  if (aborted_ || comm_ == nullptr) return;
+  aborted_ = true;
+  {
+    // Whatever has not completed by now never will, properly.
+    std::lock_guard lock(live_mutex_);
+    for (auto& w : live_) {
+      if (auto g = w.lock(); g && !g->finished()) g->mark_cut_short();
+    }
+    live_.clear();
+  }
+  // Makes the communicator's kernels return, so the streams (and the events
+  // behind every pending fence) move on.
+  ncclCommAbort(comm_);
+}
+
+void comm_state::track(const std::shared_ptr<collective_guard>& g) {
+  std::lock_guard lock(live_mutex_);
+  std::erase_if(live_, [](const std::weak_ptr<collective_guard>& w) {
+    auto p = w.lock();
+    return !p || p->finished();
+  });
+  live_.push_back(g);
+}
 
 /// Records the completion event of the calls just enqueued on `s` and
 /// attaches the guard that watches them.
 void watch(const std::shared_ptr<comm_state>& state, detail::cuda_stream& s) {
   auto done = s.device()->events->acquire();
   COBATCH_CUDA_CHECK(cudaEventRecord(done.get(), s.get()));
-  s.attach(std::make_shared<collective_guard>(state, deadline_after(state->options().timeout)), std::move(done));
+  auto guard = std::make_shared<collective_guard>(state, done, deadline_after(state->options().timeout));
+  state->track(guard);
+  s.attach(std::move(guard), std::move(done));
 }
 
 // Calls issued inside a group of this thread wait for the outermost group's
