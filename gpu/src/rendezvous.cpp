@@ -21,6 +21,7 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <optional>
 #include <set>
 #include <string>
@@ -312,6 +313,33 @@ std::vector<std::byte> fetch_id(const std::string& address, std::uint16_t port, 
                             (last_error ? " (last error: " + last_error.message() + ")" : ""));
   }
   return id;
+}
+
+namespace {
+// The error_code forms: the same work, with the failure caught at the edge.
+template <typename F>
+auto catching(std::error_code& ec, F&& f) noexcept -> decltype(f()) {
+  ec.clear();
+  try {
+    return f();
+  } catch (const std::system_error& e) {
+    ec = e.code();
+  } catch (const std::bad_alloc&) {
+    ec = std::make_error_code(std::errc::not_enough_memory);
+  } catch (...) {
+    ec = make_error_code(errc::operation_failed);
+  }
+  return decltype(f())();
+}
+}  // namespace
+
+void id_server::serve(std::span<const std::byte> id, int world_size, std::error_code& ec) noexcept {
+  catching(ec, [&] { serve(id, world_size); });
+}
+
+std::vector<std::byte> fetch_id(const std::string& address, std::uint16_t port, int rank, int world_size,
+                                std::size_t id_size, rendezvous_options options, std::error_code& ec) noexcept {
+  return catching(ec, [&] { return fetch_id(address, port, rank, world_size, id_size, options); });
 }
 
 std::vector<std::byte> exchange_id(const launch_environment& env, std::size_t id_size,

@@ -124,6 +124,22 @@ TEST_CASE("rendezvous failures are typed errors with the reason, never hangs", "
     CHECK(code_of([&] { server.serve(random_id(128), 2); }) == gpu::errc::rank_mismatch);
     CHECK(peer.get() == gpu::errc::rank_mismatch);
   }
+  SECTION("the error_code forms report instead of throwing") {
+    std::uint16_t port = 0;
+    {
+      gpu::id_server probe("127.0.0.1", 0);
+      port = probe.port();
+    }
+    std::error_code ec;
+    auto id = gpu::fetch_id("127.0.0.1", port, 1, 2, 128, {200ms}, ec);
+    CHECK(ec == gpu::errc::timeout);
+    CHECK(id.empty());
+    gpu::id_server server("127.0.0.1", 0, {200ms});
+    server.serve(random_id(128), 2, ec);
+    CHECK(ec == gpu::errc::timeout);
+    server.serve(random_id(128), 1, ec);  // nobody to wait for
+    CHECK_FALSE(ec);
+  }
   SECTION("bad arguments") {
     CHECK(code_of([] { gpu::fetch_id("127.0.0.1", 1234, 0, 2, 128); }) == gpu::errc::invalid_argument);
     CHECK(code_of([] { gpu::id_server("not an address", 0); }) == gpu::errc::invalid_argument);

@@ -14,6 +14,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace cobatch::gpu {
@@ -55,8 +56,11 @@ class id_server {
   /// all have it. A peer that announces another world size, an id size other
   /// than id.size(), a rank out of range or a rank already served is refused
   /// (it gets the reason) and the call throws errc::rank_mismatch. Throws
-  /// errc::timeout naming the missing ranks when the timeout runs out.
+  /// errc::timeout naming the missing ranks when the timeout runs out. The
+  /// listening socket closes when it returns: serve once per id_server.
   void serve(std::span<const std::byte> id, int world_size);
+  /// As above, reporting failure through `ec` instead of throwing.
+  void serve(std::span<const std::byte> id, int world_size, std::error_code& ec) noexcept;
 
  private:
   struct state;
@@ -68,6 +72,9 @@ class id_server {
 /// reached in time and errc::rank_mismatch when rank 0 refused the peer.
 std::vector<std::byte> fetch_id(const std::string& address, std::uint16_t port, int rank, int world_size,
                                 std::size_t id_size, rendezvous_options options = {});
+/// As above, reporting failure through `ec` (the id is then empty).
+std::vector<std::byte> fetch_id(const std::string& address, std::uint16_t port, int rank, int world_size,
+                                std::size_t id_size, rendezvous_options options, std::error_code& ec) noexcept;
 
 /// Both sides in one call: rank 0 calls `make_id` (which must return
 /// `id_size` bytes), serves the id on env.master_port on every interface and
