@@ -178,8 +178,12 @@ TEST_CASE("host communicators run collectives between ranks", "[gpu][host][comm]
   std::vector<std::int64_t> token{0};
   std::vector<std::int64_t> got{-1};
   token[0] = 77;
-  comms[0].send(token.data(), 1, gpu::data_type::i64, 3, streams[0]);
-  comms[3].recv(got.data(), 1, gpu::data_type::i64, 0, streams[3]);
+  {
+    gpu::group_guard g0(comms[0]);
+    gpu::group_guard g3(comms[3]);
+    comms[0].send(g0, token.data(), 1, gpu::data_type::i64, 3, streams[0]);
+    comms[3].recv(g3, got.data(), 1, gpu::data_type::i64, 0, streams[3]);
+  }
 
   auto body = [&]() -> coro::task<void> {
     for (auto& s : streams) co_await s.async_wait(coro::use_task);
@@ -194,7 +198,12 @@ TEST_CASE("host communicators run collectives between ranks", "[gpu][host][comm]
     CHECK(scattered[r] == std::vector<float>{float(world - 1 + 2 * r), float(world + 2 * r)});
   }
   CHECK(got[0] == 77);
-  CHECK_THROWS_AS(comms[0].send(token.data(), 1, gpu::data_type::i64, 0, streams[0]), std::system_error);
+  {
+    gpu::group_guard g0(comms[0]);
+    CHECK_THROWS_AS(comms[0].send(g0, token.data(), 1, gpu::data_type::i64, 0, streams[0]), std::system_error);
+    gpu::group_guard g1(comms[1]);  // a guard of another rank's communicator opens no group on rank 0
+    CHECK_THROWS_AS(comms[0].send(g1, token.data(), 1, gpu::data_type::i64, 2, streams[0]), std::system_error);
+  }
   CHECK_THROWS_AS(gpu::host::make_communicators(0), std::system_error);
 }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <mutex>
 #include <stdexcept>
@@ -108,31 +109,43 @@ class rendezvous {
     return out;
   }
 
-  void send(int from, int to, const void* buf, std::size_t bytes) {
-    std::unique_lock lock(mutex_);
-    auto& box = mailbox_[{from, to}];
-    box.push_back({buf, bytes, false});
-    auto* entry = &box.back();
+  /// A letter a sender posted and a receiver copies from; the sender's
+  /// buffer must stay valid until `taken`.
+  struct letter {
+    const void* data;
+    std::size_t bytes;
+    bool taken = false;
+  };
+
+  /// Leaves `buf` for rank `to` without waiting: a group posts all its sends
+  /// before it receives, which is what keeps paired exchanges from deadlocking.
+  std::shared_ptr<letter> post(int from, int to, const void* buf, std::size_t bytes) {
+    std::lock_guard lock(mutex_);
+    auto l = std::make_shared<letter>(letter{buf, bytes});
+    mailbox_[{from, to}].push_back(l);
     cv_.notify_all();
-    // The receiver copies straight from `buf`; wait until it has.
-    wait_for(lock, [&] { return entry->taken; });
-    box.pop_front();
+    return l;
+  }
+
+  /// Waits until the receiver has copied a posted letter.
+  void wait_taken(const letter& l) {
+    std::unique_lock lock(mutex_);
+    wait_for(lock, [&] { return l.taken; });
   }
 
   void recv(int from, int to, void* buf, std::size_t bytes) {
     std::unique_lock lock(mutex_);
     auto& box = mailbox_[{from, to}];
-    wait_for(lock, [&] { return std::any_of(box.begin(), box.end(), [](const letter& l) { return !l.taken; }); });
-    auto it = std::find_if(box.begin(), box.end(), [](const letter& l) { return !l.taken; });
-    if (it->bytes != bytes) {
-      it->taken = true;
-      cv_.notify_all();
-      raise(errc::rank_mismatch, "rank " + std::to_string(from) + " sent " + std::to_string(it->bytes) +
+    wait_for(lock, [&] { return !box.empty(); });
+    auto l = box.front();
+    box.pop_front();
+    l->taken = true;
+    cv_.notify_all();
+    if (l->bytes != bytes) {
+      raise(errc::rank_mismatch, "rank " + std::to_string(from) + " sent " + std::to_string(l->bytes) +
                                      " bytes, rank " + std::to_string(to) + " expected " + std::to_string(bytes));
     }
-    std::memcpy(buf, it->data, bytes);
-    it->taken = true;
-    cv_.notify_all();
+    std::memcpy(buf, l->data, bytes);
   }
 
   void abort(errc why) noexcept {
@@ -142,12 +155,6 @@ class rendezvous {
   }
 
  private:
-  struct letter {
-    const void* data;
-    std::size_t bytes;
-    bool taken;
-  };
-
   template <typename Pred>
   void wait_for(std::unique_lock<std::mutex>& lock, Pred ready) {
     auto done = [&] { return aborted_ || ready(); };
@@ -209,7 +216,7 @@ class rendezvous {
   bool copying_ = false;
   unsigned long generation_ = 0;
   std::optional<errc> aborted_;
-  std::map<std::pair<int, int>, std::deque<letter>> mailbox_;
+  std::map<std::pair<int, int>, std::deque<std::shared_ptr<letter>>> mailbox_;
 };
 
 class host_communicator final : public detail::communicator_impl {
@@ -230,17 +237,71 @@ class host_communicator final : public detail::communicator_impl {
                       detail::stream_impl& s) override {
     run(s, call{collective::reduce_scatter, send, recv_count, t, op}, recv);
   }
+  void group_start() override { ++group_depth_; }
+
+  void group_end() override {
+    if (group_depth_ == 0) {
+      throw std::system_error(make_error_code(errc::invalid_argument), "cobatch: group_end without group_start");
+    }
+    if (--group_depth_ > 0) return;
+    // One stream function per stream of the group: post every send first,
+    // then receive, then wait until the peers took what was posted.
+    auto ops = std::move(grouped_);
+    grouped_.clear();
+    while (!ops.empty()) {
+      detail::stream_impl* s = ops.front().stream;
+      std::vector<p2p> mine;
+      std::erase_if(ops, [&](p2p& op) {
+        if (op.stream != s) return false;
+        mine.push_back(op);
+        return true;
+      });
+      s->enqueue([shared = shared_, rank = rank_, mine = std::move(mine)] {
+        std::vector<std::shared_ptr<rendezvous::letter>> posted;
+        for (const auto& op : mine) {
+          if (op.kind == p2p::send) posted.push_back(shared->post(rank, op.peer, op.send_buf, op.bytes));
+        }
+        for (const auto& op : mine) {
+          if (op.kind == p2p::recv) shared->recv(op.peer, rank, op.recv_buf, op.bytes);
+          if (op.kind == p2p::self_copy) std::memcpy(op.recv_buf, op.send_buf, op.bytes);
+        }
+        for (const auto& l : posted) shared->wait_taken(*l);
+      });
+    }
+  }
+
   void send(const void* buf, std::size_t count, data_type t, int peer, detail::stream_impl& s) override {
     check_peer(peer);
-    s.enqueue([shared = shared_, from = rank_, peer, buf, bytes = count * size_of(t)] {
-      shared->send(from, peer, buf, bytes);
-    });
+    check_grouped("send");
+    grouped_.push_back({p2p::send, peer, buf, nullptr, count * size_of(t), &s});
   }
   void recv(void* buf, std::size_t count, data_type t, int peer, detail::stream_impl& s) override {
     check_peer(peer);
-    s.enqueue([shared = shared_, to = rank_, peer, buf, bytes = count * size_of(t)] {
-      shared->recv(peer, to, buf, bytes);
-    });
+    check_grouped("recv");
+    grouped_.push_back({p2p::recv, peer, nullptr, buf, count * size_of(t), &s});
+  }
+  void all_to_all(const void* send, void* recv, std::size_t count, data_type t, detail::stream_impl& s) override {
+    check_grouped("all_to_all");
+    if (send == nullptr || recv == nullptr) {
+      throw std::system_error(make_error_code(errc::invalid_argument), "cobatch: all_to_all with a null buffer");
+    }
+    const std::size_t slice = count * size_of(t);
+    const auto* in = static_cast<const std::byte*>(send);
+    auto* out = static_cast<std::byte*>(recv);
+    const auto world = static_cast<std::size_t>(size());
+    if (in < out + slice * world && out < in + slice * world) {
+      throw std::system_error(make_error_code(errc::invalid_argument),
+                              "cobatch: all_to_all send and recv buffers overlap");
+    }
+    for (int r = 0; r < size(); ++r) {
+      const auto offset = slice * static_cast<std::size_t>(r);
+      if (r == rank_) {
+        grouped_.push_back({p2p::self_copy, r, in + offset, out + offset, slice, &s});
+      } else {
+        grouped_.push_back({p2p::send, r, in + offset, nullptr, slice, &s});
+        grouped_.push_back({p2p::recv, r, nullptr, out + offset, slice, &s});
+      }
+    }
   }
   void barrier(detail::stream_impl& s) override {
     run(s, call{collective::barrier, nullptr, 0, data_type::u8, reduce_op::sum}, nullptr);
@@ -265,8 +326,27 @@ class host_communicator final : public detail::communicator_impl {
     });
   }
 
+  void check_grouped(const char* what) const {
+    if (group_depth_ == 0) {
+      throw std::system_error(make_error_code(errc::invalid_argument),
+                              std::string("cobatch: ") + what + " outside a group (take a group_guard)");
+    }
+  }
+
+  struct p2p {
+    enum kind_type { send, recv, self_copy } kind;
+    int peer;
+    const void* send_buf;
+    void* recv_buf;
+    std::size_t bytes;
+    detail::stream_impl* stream;
+  };
+
   std::shared_ptr<rendezvous> shared_;
   int rank_;
+  // Group state: host-side, touched only by the thread issuing the calls.
+  int group_depth_ = 0;
+  std::vector<p2p> grouped_;
 };
 
 }  // namespace

@@ -3,10 +3,12 @@
 // stream or an event like any other work.
 #pragma once
 
+#include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/stream.hpp"
 
 #include <cstddef>
 #include <memory>
+#include <system_error>
 #include <utility>
 
 namespace cobatch::gpu {
@@ -36,12 +38,49 @@ class communicator_impl {
                           stream_impl& s) = 0;
   virtual void reduce_scatter(const void* send, void* recv, std::size_t recv_count, data_type t,
                               reduce_op op, stream_impl& s) = 0;
+  /// Point-to-point calls and all_to_all are issued only between
+  /// group_start() and group_end(); group_guard guarantees it.
+  virtual void group_start() = 0;
+  virtual void group_end() = 0;
   virtual void send(const void* buf, std::size_t count, data_type t, int peer, stream_impl& s) = 0;
   virtual void recv(void* buf, std::size_t count, data_type t, int peer, stream_impl& s) = 0;
+  virtual void all_to_all(const void* send, void* recv, std::size_t count, data_type t, stream_impl& s) = 0;
   virtual void barrier(stream_impl& s) = 0;
   virtual void abort() noexcept = 0;
 };
 }  // namespace detail
+
+class communicator;
+
+/// An open group of point-to-point calls on one communicator. A rank whose
+/// send to a peer waits for the peer's receive, while the peer sends to it
+/// first, deadlocks unless both calls are issued together; NCCL requires such
+/// pairs (and all_to_all) inside ncclGroupStart/ncclGroupEnd. send, recv and
+/// all_to_all take a group_guard& so that the rule is checked by the compiler,
+/// not found by a hang. Groups nest; the outermost one issues the calls.
+///
+///   {
+///     gpu::group_guard group(comm);
+///     comm.send(group, a, n, data_type::f32, peer, s);
+///     comm.recv(group, b, n, data_type::f32, peer, s);
+///   }  // issued here
+class group_guard {
+ public:
+  explicit group_guard(const communicator& c);
+  group_guard(const group_guard&) = delete;
+  group_guard& operator=(const group_guard&) = delete;
+  /// Ends the group if end() was not called. Never throws: a failure to issue
+  /// is reported by the streams of the grouped calls (call end() to see it
+  /// as an exception instead).
+  ~group_guard();
+  /// Issues the grouped calls now; throws std::system_error if that fails.
+  void end();
+
+ private:
+  friend class communicator;
+  detail::communicator_impl* impl_;
+  bool open_ = true;
+};
 
 /// One rank's endpoint. Every rank must issue the same collectives in the same
 /// order; a mismatch is reported as errc::rank_mismatch on every rank's stream.
@@ -69,19 +108,55 @@ class communicator {
                       stream_ref s) const {
     impl_->reduce_scatter(send, recv, recv_count, t, op, s.impl());
   }
-  void send(const void* buf, std::size_t count, data_type t, int peer, stream_ref s) const {
-    impl_->send(buf, count, t, peer, s.impl());
+  /// Sends count elements to `peer`, which issues the matching recv.
+  void send(group_guard& group, const void* buf, std::size_t count, data_type t, int peer, stream_ref s) const {
+    impl_->send(buf, count, t, peer, checked(group, s).impl());
   }
-  void recv(void* buf, std::size_t count, data_type t, int peer, stream_ref s) const {
-    impl_->recv(buf, count, t, peer, s.impl());
+  void recv(group_guard& group, void* buf, std::size_t count, data_type t, int peer, stream_ref s) const {
+    impl_->recv(buf, count, t, peer, checked(group, s).impl());
+  }
+  /// recv[r * count .. (r+1) * count) = rank r's send[rank * count .. (rank+1) * count).
+  /// send and recv hold count * size() elements and must not overlap.
+  void all_to_all(group_guard& group, const void* send, void* recv, std::size_t count, data_type t,
+                  stream_ref s) const {
+    impl_->all_to_all(send, recv, count, t, checked(group, s).impl());
   }
   void barrier(stream_ref s) const { impl_->barrier(s.impl()); }
   /// Fails every pending and later collective on every rank with
   /// errc::communicator_aborted; nothing waits forever.
   void abort() const noexcept { impl_->abort(); }
 
+  detail::communicator_impl& impl() const noexcept { return *impl_; }
+
  private:
+  /// A guard of another communicator (or one already ended) would leave the
+  /// call outside any group of this one.
+  stream_ref checked(group_guard& group, stream_ref s) const {
+    if (group.impl_ != impl_.get() || !group.open_) {
+      throw std::system_error(make_error_code(errc::invalid_argument),
+                              "cobatch: point-to-point call with a group_guard that is not open on this communicator");
+    }
+    return s;
+  }
   std::unique_ptr<detail::communicator_impl> impl_;
 };
+
+inline group_guard::group_guard(const communicator& c) : impl_(&c.impl()) { impl_->group_start(); }
+
+inline group_guard::~group_guard() {
+  if (!open_) return;
+  open_ = false;
+  try {
+    impl_->group_end();
+  } catch (...) {
+    // Destructors never throw; the grouped calls' streams carry the failure.
+  }
+}
+
+inline void group_guard::end() {
+  if (!open_) return;
+  open_ = false;
+  impl_->group_end();
+}
 
 }  // namespace cobatch::gpu

@@ -40,6 +40,8 @@ class graph_exec {
   /// Enqueues one replay on `s`; returns at once.
   void launch(stream_ref s) const;
   std::size_t node_count() const noexcept { return impl_ ? impl_->node_count() : 0; }
+  /// The backend object (null when empty), for backend-specific operations.
+  detail::graph_exec_impl* impl() const noexcept { return impl_.get(); }
   std::unique_ptr<detail::graph_exec_impl> release() noexcept { return std::move(impl_); }
 
  private:
@@ -55,6 +57,7 @@ class graph {
 
   graph_exec instantiate() const { return graph_exec(impl_->instantiate()); }
   std::size_t node_count() const noexcept { return impl_ ? impl_->node_count() : 0; }
+  detail::graph_impl* impl() const noexcept { return impl_.get(); }
   std::unique_ptr<detail::graph_impl> release() noexcept { return std::move(impl_); }
 
  private:

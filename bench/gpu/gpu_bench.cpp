@@ -1,0 +1,417 @@
+// GPU benchmarks of the CUDA backend, each beside the baseline it is judged
+// against, in one run on one device:
+//
+//   gpu_resume_ns          launch an empty kernel, record an event, co_await
+//                          it through the completion reactor; time until the
+//                          coroutine runs again.
+//   sync_spin_ns           the same kernel, then cudaStreamSynchronize with
+//                          cudaDeviceScheduleSpin (the fastest blocking wait).
+//   sync_blocking_ns       the same with cudaDeviceScheduleBlockingSync (the
+//                          thread sleeps in the driver until an interrupt).
+//   host_function_resume_ns  the same kernel, then cudaLaunchHostFunc whose
+//                          function posts the coroutine's resumption to its
+//                          executor (the pattern the reactor replaces).
+//   gpu_overlap_efficiency micro-batches whose H2D copy, compute kernel and
+//                          D2H copy run on a communication and a compute
+//                          stream, interleaved by coroutines; the ideal
+//                          makespan from the stages' isolated durations over
+//                          the measured one.
+//
+// Scheduling flags belong to a CUDA context, so each flag gets a phase of its
+// own: cudaDeviceReset, cudaSetDeviceFlags, then every object of the phase is
+// created and destroyed inside it. The flag in force is read back and
+// reported.
+//
+// Usage: cobatch_gpu_bench [--json PATH] [--iterations N]
+// Exit: 0 all targets met, 3 a target missed (figures still written),
+// 77 no CUDA device, 1 an error.
+#include "cobatch/coro/run_loop.hpp"
+#include "cobatch/coro/spawn.hpp"
+#include "cobatch/coro/sync_wait.hpp"
+#include "cobatch/coro/task.hpp"
+#include "cobatch/coro/use_task.hpp"
+#include "cobatch/gpu/cuda/buffer.hpp"
+#include "cobatch/gpu/cuda/cuda_device.hpp"
+#include "cobatch/gpu/cuda/error.hpp"
+#include "cobatch/gpu/cuda/probe_kernels.hpp"
+
+#include <asio/execution.hpp>
+#include <asio/post.hpp>
+#include <asio/prefer.hpp>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <coroutine>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace cobatch;
+namespace probe = gpu::cuda::probe;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+struct figure {
+  std::string name;
+  double value;
+  std::string unit;
+  std::string what;
+};
+
+struct target {
+  std::string name;
+  std::string rule;
+  double value;
+  bool pass;
+};
+
+double ns_between(clock_type::time_point a, clock_type::time_point b) {
+  return std::chrono::duration<double, std::nano>(b - a).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+/// A context whose scheduling flag is `flags`, for the lifetime of the phase.
+class scheduling_phase {
+ public:
+  explicit scheduling_phase(unsigned flags) {
+    COBATCH_CUDA_CHECK(cudaDeviceReset());
+    COBATCH_CUDA_CHECK(cudaSetDevice(0));
+    COBATCH_CUDA_CHECK(cudaSetDeviceFlags(flags));
+    COBATCH_CUDA_CHECK(cudaFree(nullptr));  // creates the context with the flags
+    unsigned got = 0;
+    COBATCH_CUDA_CHECK(cudaGetDeviceFlags(&got));
+    if ((got & cudaDeviceScheduleMask) != flags) {
+      throw std::runtime_error("the device did not take scheduling flag " + std::to_string(flags));
+    }
+  }
+  scheduling_phase(const scheduling_phase&) = delete;
+  scheduling_phase& operator=(const scheduling_phase&) = delete;
+  ~scheduling_phase() { cudaDeviceReset(); }
+};
+
+struct loop_with_device {
+  coro::run_loop loop;
+  coro::completion_reactor reactor{loop.get_executor()};
+  gpu::cuda::cuda_device dev{reactor, 0};
+  loop_with_device() { loop.attach(reactor); }
+};
+
+constexpr int warmup = 200;
+
+double measure_sync(int iterations) {
+  loop_with_device l;
+  auto s = l.dev.make_stream();
+  const auto native = static_cast<cudaStream_t>(s.ref().native_handle());
+  std::vector<double> samples;
+  for (int i = 0; i < warmup + iterations; ++i) {
+    const auto t0 = clock_type::now();
+    probe::empty(s);
+    COBATCH_CUDA_CHECK(cudaStreamSynchronize(native));
+    const auto t1 = clock_type::now();
+    if (i >= warmup) samples.push_back(ns_between(t0, t1));
+  }
+  return median(samples);
+}
+
+double measure_reactor(int iterations) {
+  loop_with_device l;
+  auto s = l.dev.make_stream();
+  std::vector<double> samples;
+  auto body = [&]() -> coro::task<void> {
+    for (int i = 0; i < warmup + iterations; ++i) {
+      const auto t0 = clock_type::now();
+      probe::empty(s);
+      co_await s.async_wait(coro::use_task);
+      const auto t1 = clock_type::now();
+      if (i >= warmup) samples.push_back(ns_between(t0, t1));
+    }
+  };
+  coro::sync_wait(l.loop, body());
+  return median(samples);
+}
+
+/// Resumes the awaiting coroutine from a CUDA host function, through the
+/// loop's executor (the host function itself only posts).
+struct host_function_resume {
+  gpu::stream_ref s;
+  coro::run_loop* loop;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) const {
+    auto work = asio::prefer(loop->get_executor(), asio::execution::outstanding_work.tracked);
+    s.enqueue([work, h] { asio::post(work, [h] { h.resume(); }); });
+  }
+  void await_resume() const noexcept {}
+};
+
+double measure_host_function(int iterations) {
+  loop_with_device l;
+  auto s = l.dev.make_stream();
+  std::vector<double> samples;
+  auto body = [&]() -> coro::task<void> {
+    for (int i = 0; i < warmup + iterations; ++i) {
+      const auto t0 = clock_type::now();
+      probe::empty(s);
+      co_await host_function_resume{s, &l.loop};
+      const auto t1 = clock_type::now();
+      if (i >= warmup) samples.push_back(ns_between(t0, t1));
+    }
+  };
+  coro::sync_wait(l.loop, body());
+  return median(samples);
+}
+
+struct overlap_result {
+  double h2d_ms, compute_ms, d2h_ms, ideal_ms, makespan_ms, efficiency;
+  int micro_batches;
+  std::uint32_t iterations;
+};
+
+overlap_result measure_overlap() {
+  loop_with_device l;
+  constexpr int k = 8;
+  constexpr std::size_t n = std::size_t{4} << 20;  // 16 MiB of floats per micro-batch
+  constexpr std::size_t bytes = n * sizeof(float);
+  auto compute = l.dev.make_stream({gpu::stream_priority::normal});
+  auto comm = l.dev.make_stream({gpu::stream_priority::high});
+  std::vector<gpu::cuda::allocation> host_in, host_out, dev_in, dev_out;
+  for (int i = 0; i < k; ++i) {
+    host_in.emplace_back(bytes, gpu::cuda::memory_kind::pinned_host);
+    host_out.emplace_back(bytes, gpu::cuda::memory_kind::pinned_host);
+    dev_in.emplace_back(bytes, gpu::cuda::memory_kind::device);
+    dev_out.emplace_back(bytes, gpu::cuda::memory_kind::device);
+    for (std::size_t j = 0; j < n; ++j) host_in[i].as<float>()[j] = static_cast<float>((j * 7 + i) % 1000) * 0.001f;
+  }
+
+  // Isolated stage durations, with timed events on an otherwise idle device.
+  auto start = l.dev.make_event(gpu::cuda::event_timing::enabled);
+  auto stop = l.dev.make_event(gpu::cuda::event_timing::enabled);
+  auto timed = [&](auto&& enqueue) {
+    std::vector<double> ms;
+    for (int r = 0; r < 7; ++r) {
+      comm.record(start);
+      enqueue();
+      comm.record(stop);
+      COBATCH_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(stop.ref().native_handle())));
+      ms.push_back(gpu::cuda::elapsed_ms(start, stop));
+    }
+    return median(ms);
+  };
+  const double h2d = timed([&] { gpu::cuda::copy_async(dev_in[0].data(), host_in[0].data(), bytes, comm); });
+  const double d2h = timed([&] { gpu::cuda::copy_async(host_out[0].data(), dev_out[0].data(), bytes, comm); });
+  // Compute sized like both copies together: the two streams are equally
+  // loaded, which leaves overlap no slack to hide behind.
+  constexpr std::uint32_t probe_iterations = 256;
+  const double c_probe = timed([&] {
+    probe::fma_chain(dev_in[0].as<float>(), dev_out[0].as<float>(), n, probe_iterations, comm);
+  });
+  const auto iterations =
+      std::max<std::uint32_t>(1, static_cast<std::uint32_t>(probe_iterations * (h2d + d2h) / c_probe));
+  const double c = timed([&] { probe::fma_chain(dev_in[0].as<float>(), dev_out[0].as<float>(), n, iterations, comm); });
+
+  std::vector<gpu::event> in_ready, out_ready;
+  for (int i = 0; i < k; ++i) {
+    in_ready.push_back(l.dev.make_event());
+    out_ready.push_back(l.dev.make_event());
+  }
+  // One micro-batch: its copy in on the communication stream, a switch to
+  // compute (a device-side join, then a yield), its kernel, a switch back,
+  // its copy out. The yields let every micro-batch enqueue its copy before
+  // any enqueues its copy out, so the copy engine is never stuck behind a
+  // kernel.
+  auto micro_batch = [&](int i) -> coro::task<void> {
+    gpu::cuda::copy_async(dev_in[i].data(), host_in[i].data(), bytes, comm);
+    comm.record(in_ready[i]);
+    co_await l.loop.yield();
+    compute.wait(in_ready[i]);
+    probe::fma_chain(dev_in[i].as<float>(), dev_out[i].as<float>(), n, iterations, compute);
+    compute.record(out_ready[i]);
+    co_await l.loop.yield();
+    comm.wait(out_ready[i]);
+    gpu::cuda::copy_async(host_out[i].data(), dev_out[i].data(), bytes, comm);
+    co_await comm.async_wait(coro::use_task);
+  };
+  std::vector<double> makespans;
+  for (int r = 0; r < 6; ++r) {
+    for (auto& h : host_out) std::memset(h.data(), 0, bytes);
+    int remaining = k;
+    std::exception_ptr failure;
+    const auto t0 = clock_type::now();
+    for (int i = 0; i < k; ++i) {
+      coro::spawn(l.loop.get_executor(), micro_batch(i), [&](std::exception_ptr e) {
+        if (e && !failure) failure = e;
+        --remaining;
+      });
+    }
+    l.loop.restart();
+    l.loop.run();
+    const auto t1 = clock_type::now();
+    if (failure) std::rethrow_exception(failure);
+    if (remaining != 0) throw std::runtime_error("overlap: the loop stopped with micro-batches unfinished");
+    if (r > 0) makespans.push_back(ns_between(t0, t1) / 1e6);  // the first run warms up
+    // The result must be right, or the timing means nothing.
+    for (int i = 0; i < k; ++i) {
+      for (std::size_t j = 0; j < n; j += 4099) {
+        if (host_out[i].as<float>()[j] != probe::expected_fma(host_in[i].as<float>()[j], iterations)) {
+          throw std::runtime_error("overlap: micro-batch " + std::to_string(i) + " computed a wrong value");
+        }
+      }
+    }
+  }
+  overlap_result out{};
+  out.h2d_ms = h2d;
+  out.compute_ms = c;
+  out.d2h_ms = d2h;
+  out.micro_batches = k;
+  out.iterations = iterations;
+  // Lower bounds of any schedule: the communication stream carries every
+  // copy; the compute stream runs every kernel, after the first copy in and
+  // before the last copy out.
+  out.ideal_ms = std::max(k * (h2d + d2h), k * c + h2d + d2h);
+  out.makespan_ms = median(makespans);
+  out.efficiency = out.ideal_ms / out.makespan_ms;
+  return out;
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (static_cast<unsigned char>(ch) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+      out += buf;
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+std::string version_text(int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  int iterations = 2000;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--json" && i + 1 < argc) {
+      json_path = argv[++i];
+    } else if (arg == "--iterations" && i + 1 < argc) {
+      iterations = std::atoi(argv[++i]);
+      if (iterations < 10) {
+        std::cerr << "cobatch_gpu_bench: --iterations must be at least 10\n";
+        return 1;
+      }
+    } else {
+      std::cerr << "usage: cobatch_gpu_bench [--json PATH] [--iterations N]\n";
+      return 1;
+    }
+  }
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::cout << "SKIPPED: no CUDA device visible" << std::endl;
+    return 77;
+  }
+  try {
+    cudaDeviceProp props{};
+    COBATCH_CUDA_CHECK(cudaGetDeviceProperties(&props, 0));
+    int driver = 0, runtime = 0;
+    COBATCH_CUDA_CHECK(cudaDriverGetVersion(&driver));
+    COBATCH_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+    std::cout << "device 0: " << props.name << ", driver " << version_text(driver) << ", runtime "
+              << version_text(runtime) << "\n";
+
+    std::vector<figure> figures;
+    double spin = 0, blocking = 0, resume = 0, host_fn = 0;
+    {
+      scheduling_phase phase(cudaDeviceScheduleSpin);
+      spin = measure_sync(iterations);
+      resume = measure_reactor(iterations);
+      host_fn = measure_host_function(iterations);
+    }
+    {
+      scheduling_phase phase(cudaDeviceScheduleBlockingSync);
+      blocking = measure_sync(iterations);
+    }
+    overlap_result overlap{};
+    {
+      scheduling_phase phase(cudaDeviceScheduleAuto);
+      overlap = measure_overlap();
+    }
+    figures.push_back({"gpu_resume_ns", resume, "ns", "empty kernel, event, co_await through the reactor (median)"});
+    figures.push_back({"sync_spin_ns", spin, "ns", "empty kernel, cudaStreamSynchronize, cudaDeviceScheduleSpin"});
+    figures.push_back(
+        {"sync_blocking_ns", blocking, "ns", "empty kernel, cudaStreamSynchronize, cudaDeviceScheduleBlockingSync"});
+    figures.push_back({"host_function_resume_ns", host_fn, "ns", "empty kernel, cudaLaunchHostFunc posting the resume"});
+    figures.push_back({"overlap_h2d_ms", overlap.h2d_ms, "ms", "one 16 MiB pinned H2D copy alone"});
+    figures.push_back({"overlap_compute_ms", overlap.compute_ms, "ms",
+                       "one fma_chain kernel alone (" + std::to_string(overlap.iterations) + " iterations)"});
+    figures.push_back({"overlap_d2h_ms", overlap.d2h_ms, "ms", "one 16 MiB D2H copy alone"});
+    figures.push_back({"overlap_ideal_ms", overlap.ideal_ms, "ms",
+                       "max(k (h2d + d2h), k compute + h2d + d2h), k = " + std::to_string(overlap.micro_batches)});
+    figures.push_back({"overlap_makespan_ms", overlap.makespan_ms, "ms", "measured, median of 5"});
+    figures.push_back({"gpu_overlap_efficiency", overlap.efficiency, "ratio", "ideal / measured makespan"});
+
+    std::vector<target> targets;
+    targets.push_back({"gpu_resume_vs_spin_sync", "gpu_resume_ns / sync_spin_ns <= 1.3", resume / spin,
+                       resume / spin <= 1.3});
+    targets.push_back({"host_function_vs_gpu_resume", "host_function_resume_ns / gpu_resume_ns >= 2",
+                       host_fn / resume, host_fn / resume >= 2.0});
+    targets.push_back({"gpu_overlap_efficiency", "gpu_overlap_efficiency >= 0.9", overlap.efficiency,
+                       overlap.efficiency >= 0.9});
+
+    bool all_pass = true;
+    for (const auto& f : figures) std::printf("%-26s %14.3f %-5s  %s\n", f.name.c_str(), f.value, f.unit.c_str(), f.what.c_str());
+    for (const auto& t : targets) {
+      std::printf("target %-30s %8.3f  %s  (%s)\n", t.name.c_str(), t.value, t.pass ? "PASS" : "MISS", t.rule.c_str());
+      all_pass = all_pass && t.pass;
+    }
+
+    if (!json_path.empty()) {
+      std::ostringstream j;
+      j << "{\n  \"device\": \"" << json_escape(props.name) << "\",\n"
+        << "  \"compute_capability\": \"" << props.major << "." << props.minor << "\",\n"
+        << "  \"driver_version\": \"" << version_text(driver) << "\",\n"
+        << "  \"runtime_version\": \"" << version_text(runtime) << "\",\n"
+        << "  \"iterations\": " << iterations << ",\n  \"figures\": [\n";
+      for (std::size_t i = 0; i < figures.size(); ++i) {
+        const auto& f = figures[i];
+        j << "    {\"name\": \"" << f.name << "\", \"value\": " << f.value << ", \"unit\": \"" << f.unit
+          << "\", \"what\": \"" << json_escape(f.what) << "\"}" << (i + 1 < figures.size() ? "," : "") << "\n";
+      }
+      j << "  ],\n  \"targets\": [\n";
+      for (std::size_t i = 0; i < targets.size(); ++i) {
+        const auto& t = targets[i];
+        j << "    {\"name\": \"" << t.name << "\", \"rule\": \"" << json_escape(t.rule) << "\", \"value\": " << t.value
+          << ", \"pass\": " << (t.pass ? "true" : "false") << "}" << (i + 1 < targets.size() ? "," : "") << "\n";
+      }
+      j << "  ],\n  \"all_targets_met\": " << (all_pass ? "true" : "false") << "\n}\n";
+      std::ofstream out(json_path);
+      out << j.str();
+      if (!out) {
+        std::cerr << "cobatch_gpu_bench: cannot write " << json_path << "\n";
+        return 1;
+      }
+      std::cout << "wrote " << json_path << "\n";
+    }
+    return all_pass ? 0 : 3;
+  } catch (const std::exception& e) {
+    std::cerr << "cobatch_gpu_bench: " << e.what() << "\n";
+    return 1;
+  }
+}
