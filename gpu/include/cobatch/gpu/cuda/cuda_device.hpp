@@ -3,6 +3,12 @@
 // non-owning wraps of streams and events made elsewhere (a framework's
 // current stream, an event from another library).
 //
+// stream.enqueue(fn) runs fn as a CUDA host function (cudaLaunchHostFunc) on
+// a thread the driver owns: fn, and the destruction of what it captures, must
+// not call CUDA, and should be short (the stream waits for it). Completions
+// reach coroutines by polling events through the reactor instead, so nothing
+// resumes on a driver thread.
+//
 // Threads: a CUDA call acts on the calling thread's current device. Call
 // make_current() on each thread that drives this device's streams (the
 // constructor makes it current on the constructing thread).
