@@ -15,25 +15,25 @@ const ubatch& ubatch_context::slice() const {
 }
 
 ubatch_context::switch_awaiter ubatch_context::switch_to_comm() {
-  if (role_ == gpu::stream_role::communication) {
-    throw_engine_error(errc::invalid_argument,
-                       detail::cat("micro-batch ", index_, ": switch_to_comm() while already on the comm stream"));
-  }
-  if (trace_ != nullptr) close_span();
-  compute_.record(compute_done_);  // the comm stream waits on it after the hand-over
-  role_ = gpu::stream_role::communication;
-  return {this, switch_kind::to_comm};
+  return switch_stream(gpu::stream_role::communication, compute_, compute_done_, switch_kind::to_comm);
 }
 
 ubatch_context::switch_awaiter ubatch_context::switch_to_compute() {
-  if (role_ == gpu::stream_role::compute) {
+  return switch_stream(gpu::stream_role::compute, comm_, comm_done_, switch_kind::to_compute);
+}
+
+ubatch_context::switch_awaiter ubatch_context::switch_stream(gpu::stream_role to, gpu::stream_ref from,
+                                                             gpu::event_ref done, switch_kind kind) {
+  if (role_ == to) {
+    const bool comm = to == gpu::stream_role::communication;
     throw_engine_error(errc::invalid_argument,
-                       detail::cat("micro-batch ", index_, ": switch_to_compute() while already on the compute stream"));
+                       detail::cat("micro-batch ", index_, comm ? ": switch_to_comm() while already on the comm stream"
+                                                                 : ": switch_to_compute() while already on the compute stream"));
   }
   if (trace_ != nullptr) close_span();
-  comm_.record(comm_done_);  // the compute stream waits on it after the hand-over
-  role_ = gpu::stream_role::compute;
-  return {this, switch_kind::to_compute};
+  from.record(done);  // the other stream waits on it after the hand-over (join_after_switch)
+  role_ = to;
+  return {this, kind};
 }
 
 void ubatch_context::label(std::string_view name) {

@@ -155,6 +155,7 @@ class ubatch_context {
   // on a shared stream the other micro-batches' work comes in between.
   void open_span();
   void close_span();
+  switch_awaiter switch_stream(gpu::stream_role to, gpu::stream_ref from, gpu::event_ref done, switch_kind kind);
   void join_after_switch(switch_kind kind) {
     if (kind == switch_kind::to_comm) {
       comm_.wait(compute_done_);
