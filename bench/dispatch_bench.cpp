@@ -6,7 +6,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "cobatch/engine/graph_dispatcher.hpp"
+#include "cobatch/engine/dispatch/graph_dispatcher.hpp"
 
 namespace {
 

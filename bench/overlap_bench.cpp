@@ -20,7 +20,7 @@
 #include "cobatch/coro/run_loop.hpp"
 #include "cobatch/coro/sync_wait.hpp"
 #include "cobatch/coro/use_task.hpp"
-#include "cobatch/engine/ubatch_scheduler.hpp"
+#include "cobatch/engine/ubatch/ubatch_scheduler.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 
 #include <benchmark/benchmark.h>

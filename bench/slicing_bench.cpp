@@ -1,7 +1,7 @@
 // Cost of planning micro-batches for one step on the host: it runs every
 // step, before any kernel launch, so it must stay far below a decode step
 // (tens of microseconds is already too much).
-#include <cobatch/engine/ubatch_slicing.hpp>
+#include <cobatch/engine/ubatch/ubatch_slicing.hpp>
 
 #include <benchmark/benchmark.h>
 

@@ -14,9 +14,9 @@
 #include "cobatch/coro/run_loop.hpp"
 #include "cobatch/coro/sync_wait.hpp"
 #include "cobatch/coro/use_task.hpp"
-#include "cobatch/engine/timeline.hpp"
-#include "cobatch/engine/ubatch_scheduler.hpp"
-#include "cobatch/engine/ubatch_slicing.hpp"
+#include "cobatch/engine/ubatch/timeline.hpp"
+#include "cobatch/engine/ubatch/ubatch_scheduler.hpp"
+#include "cobatch/engine/ubatch/ubatch_slicing.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 
 #if defined(__linux__)
@@ -59,7 +59,7 @@ void print_lanes(const std::vector<engine::timeline_span>& spans, double makespa
       if (s.lane != lane || !s.complete() || s.duration_us() < 1000.0) continue;  // skip empty spans
       const int b = std::clamp(static_cast<int>(s.begin_us / 1000.0 * scale), 0, width - 1);
       const int e = std::clamp(static_cast<int>(s.end_us / 1000.0 * scale), b + 1, width);
-      for (int i = b; i < e; ++i) row[i] = static_cast<char>('0' + s.micro_batch % 10);
+      for (int i = b; i < e; ++i) row[i] = static_cast<char>('0' + s.ubatch % 10);
     }
     std::printf("  %-8s |%s|\n", lane, row.c_str());
   }
@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
     seq_lens.push_back(q + 128);
   }
   const engine::batch_view batch{query_start_loc, seq_lens, query_start_loc.back()};
-  const engine::ubatch_plan plan = engine::slice_batch(batch, {.num_micro_batches = 2, .padded_tokens = 2048});
+  const engine::ubatch_plan plan = engine::slice_batch(batch, {.num_ubatches = 2, .padded_tokens = 2048});
 
   coro::run_loop loop;
   coro::completion_reactor reactor(loop.get_executor());

@@ -12,10 +12,10 @@ class category final : public std::error_category {
       case errc::length_mismatch: return "lengths do not add up";
       case errc::negative_length: return "negative length or count";
       case errc::empty_batch: return "empty batch";
-      case errc::too_many_micro_batches: return "more micro-batches than tokens";
+      case errc::too_many_ubatches: return "more micro-batches than tokens";
       case errc::overflow: return "arithmetic overflow";
       case errc::unknown_mode: return "unknown mode";
-      case errc::micro_batch_failed: return "a micro-batch failed";
+      case errc::ubatch_failed: return "a micro-batch failed";
       case errc::no_capacity: return "no capacity left";
       case errc::address_changed: return "captured buffer address changed";
     }
@@ -27,7 +27,7 @@ class category final : public std::error_category {
       case errc::length_mismatch:
       case errc::negative_length:
       case errc::empty_batch:
-      case errc::too_many_micro_batches:
+      case errc::too_many_ubatches:
       case errc::unknown_mode:
         return std::errc::invalid_argument;
       case errc::overflow: return std::errc::value_too_large;

@@ -13,10 +13,10 @@ enum class errc {
   length_mismatch,        ///< per-request lengths do not add up to the totals given
   negative_length,        ///< a length or count is negative
   empty_batch,            ///< a batch with no tokens or no requests where one is required
-  too_many_micro_batches, ///< more micro-batches asked for than there are tokens
+  too_many_ubatches, ///< more micro-batches asked for than there are tokens
   overflow,               ///< a sum does not fit its type
   unknown_mode,           ///< an enumerator outside the known set
-  micro_batch_failed,     ///< a micro-batch of a step failed; its siblings were cancelled
+  ubatch_failed,     ///< a micro-batch of a step failed; its siblings were cancelled
   no_capacity,            ///< nothing fits the budget (memory, cache entries)
   address_changed,        ///< a graph replay would read a buffer whose address changed since capture
 };

@@ -1,0 +1,217 @@
+// ubatch_scheduler: runs the N micro-batches of a step as coroutines
+// interleaved on one thread, so that one micro-batch's communication overlaps
+// another's compute without threads or barriers (vLLM's dual-batch overlap
+// for N = 2, any N >= 1 here).
+//
+//   engine::ubatch_scheduler scheduler(device, pool);
+//   std::vector<float> out = co_await scheduler.run(plan,
+//       [&](engine::ubatch_context& ctx) -> coro::task<float> {
+//         enqueue_attention(ctx.slice(), ctx.current_stream());
+//         co_await ctx.switch_to_comm();
+//         enqueue_all_to_all(ctx.current_stream());
+//         co_await ctx.switch_to_compute();
+//         ...
+//         co_return partial;
+//       });
+//
+// Outputs come back in micro-batch order. A micro-batch that throws cancels
+// the others at their next switch; run() then waits for the streams (work
+// already enqueued may still use the step's buffers) and throws
+// ubatch_error naming it. It never hangs on a failure: micro-batches not
+// yet started are not started, parked ones are resumed into the cancellation.
+#pragma once
+
+#include <cobatch/coro/task.hpp>
+#include <cobatch/engine/ubatch/detail/ubatch_runner.hpp>
+#include <cobatch/engine/ubatch/detail/ubatch_step.hpp>
+#include <cobatch/engine/ubatch/ubatch_context.hpp>
+#include <cobatch/engine/ubatch/ubatch_slicing.hpp>
+#include <cobatch/gpu/device.hpp>
+#include <cobatch/gpu/event.hpp>
+#include <cobatch/gpu/stream_pool.hpp>
+
+#include <concepts>
+#include <coroutine>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace cobatch::engine {
+
+class timeline;
+
+/// Which streams the micro-batches of a step use.
+enum class stream_assignment : std::uint8_t {
+  /// All use the pool's compute stream 0 and comm stream 0: the order in which
+  /// the interleaving enqueues work is the order it runs (dual-batch overlap).
+  shared,
+  /// Micro-batch i uses compute stream i and comm stream i (modulo the pool):
+  /// their compute may also run concurrently on the device.
+  per_ubatch,
+};
+
+struct ubatch_scheduler_options {
+  stream_assignment streams = stream_assignment::shared;
+};
+
+namespace detail {
+template <class F>
+using ubatch_task_t = std::invoke_result_t<F&, ubatch_context&>;
+
+template <class T>
+struct is_task : std::false_type {};
+template <class T>
+struct is_task<coro::task<T>> : std::true_type {};
+}  // namespace detail
+
+/// A micro-batch function: called with its context, returns coro::task<R>.
+template <class F>
+concept ubatch_function = std::invocable<F&, ubatch_context&> && detail::is_task<detail::ubatch_task_t<F>>::value;
+
+/// R of a micro-batch function returning task<R>.
+template <class F>
+using ubatch_value_t = typename detail::ubatch_task_t<F>::value_type;
+
+/// What run() gives back: the outputs in micro-batch order, or nothing.
+template <class F>
+using ubatch_outputs_t = std::conditional_t<std::is_void_v<ubatch_value_t<F>>, void, std::vector<ubatch_value_t<F>>>;
+
+class ubatch_scheduler {
+ public:
+  /// Streams come from `pool` (compute and communication roles, with their
+  /// priorities); events from `device`. Both must outlive the scheduler.
+  ubatch_scheduler(gpu::device& device, gpu::stream_pool& pool, ubatch_scheduler_options options = {});
+  ubatch_scheduler(const ubatch_scheduler&) = delete;
+  ubatch_scheduler& operator=(const ubatch_scheduler&) = delete;
+  ~ubatch_scheduler();
+
+  /// Records spans of the following steps into `trace`; nullptr (the
+  /// default) turns tracing off. `trace` must outlive the steps.
+  void set_timeline(timeline* trace) noexcept { trace_ = trace; }
+  timeline* trace() const noexcept { return trace_; }
+
+  gpu::stream_ref compute_stream(std::int32_t ubatch) const noexcept;
+  gpu::stream_ref comm_stream(std::int32_t ubatch) const noexcept;
+
+  /// Runs `fn` for micro-batches 0 .. count-1, interleaved at their switch
+  /// points, on the awaiting coroutine's executor. When it returns, the work
+  /// the step enqueued on the comm streams is ordered (on the device) before
+  /// later work on the compute streams, so awaiting the compute streams
+  /// awaits the whole step.
+  ///
+  /// Throws engine_error (errc::invalid_argument) for count < 1 or while
+  /// another step of this scheduler runs; ubatch_error when a
+  /// micro-batch failed; std::system_error (operation_aborted) when the
+  /// awaiting coroutine's cancellation slot fired (terminal, partial, total).
+  template <ubatch_function F>
+  coro::task<ubatch_outputs_t<F>> run(std::int32_t count, F fn) {
+    return run_impl<F>(count, nullptr, std::move(fn));
+  }
+  /// As above with one micro-batch per entry of `plan`; ctx.slice() is the
+  /// micro-batch's slice. `plan` must outlive the step.
+  template <ubatch_function F>
+  coro::task<ubatch_outputs_t<F>> run(const ubatch_plan& plan, F fn) {
+    return run_impl<F>(plan.size(), &plan, std::move(fn));
+  }
+
+ private:
+  struct step_guard {
+    ubatch_scheduler* self;
+    ~step_guard() { self->running_ = false; }
+  };
+
+  template <class F, class Out>
+  static detail::ubatch_runner run_one(F& fn, ubatch_context& ctx, Out& out) {
+    ctx.begin_trace();
+    if constexpr (std::is_void_v<ubatch_value_t<F>>) {
+      co_await fn(ctx);
+    } else {
+      out.emplace(co_await fn(ctx));
+    }
+    ctx.end_trace();
+  }
+
+  struct step_awaiter {
+    detail::ubatch_step& step;
+    std::vector<detail::ubatch_runner>& runners;
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) {
+      asio::any_io_executor ex;
+      asio::cancellation_slot slot;
+      if constexpr (coro::detail::has_promise_context<P>) {
+        ex = parent.promise().executor();
+        slot = parent.promise().cancellation_slot();
+      }
+      for (auto& r : runners) {
+        r.handle().promise().set_executor(ex);
+        r.handle().promise().set_cancellation_slot(step.slot());
+      }
+      return step.start(parent, std::move(ex), slot);
+    }
+    void await_resume() const noexcept {}
+  };
+
+  template <class F>
+  coro::task<ubatch_outputs_t<F>> run_impl(std::int32_t count, const ubatch_plan* plan, F fn) {
+    using value_type = ubatch_value_t<F>;
+    using slot_type = std::conditional_t<std::is_void_v<value_type>, std::optional<std::monostate>,
+                                         std::optional<value_type>>;
+    begin_step(count);
+    step_guard guard{this};
+    detail::ubatch_step step(count, trace_);
+    std::vector<slot_type> outputs(static_cast<std::size_t>(count));
+    std::deque<ubatch_context> contexts;
+    std::vector<detail::ubatch_runner> runners;
+    runners.reserve(static_cast<std::size_t>(count));
+    std::vector<ubatch> slices;
+    if (plan != nullptr) {
+      slices.reserve(static_cast<std::size_t>(count));
+      for (std::int32_t i = 0; i < count; ++i) slices.push_back((*plan)[i]);
+    }
+    for (std::int32_t i = 0; i < count; ++i) {
+      contexts.emplace_back(step, i, compute_stream(i), comm_stream(i), compute_done_[i].ref(),
+                            comm_done_[i].ref(), plan != nullptr ? &slices[i] : nullptr, trace_,
+                            compute_lane(i), comm_lane(i));
+      runners.push_back(run_one(fn, contexts.back(), outputs[i]));
+      auto& p = runners.back().handle().promise();
+      p.step = &step;
+      p.index = i;
+      step.set_runner(i, runners.back().handle());
+    }
+    co_await step_awaiter{step, runners};
+    if (step.failed()) {
+      co_await drain(count);
+      step.rethrow_if_failed();
+    }
+    join_streams(count);
+    if constexpr (!std::is_void_v<value_type>) {
+      std::vector<value_type> result;
+      result.reserve(outputs.size());
+      for (auto& o : outputs) result.push_back(std::move(*o));
+      co_return result;
+    }
+  }
+
+  void begin_step(std::int32_t count);
+  void join_streams(std::int32_t count);
+  coro::task<void> drain(std::int32_t count);
+  const std::string& compute_lane(std::int32_t i) const noexcept;
+  const std::string& comm_lane(std::int32_t i) const noexcept;
+
+  gpu::device* device_;
+  gpu::stream_pool* pool_;
+  ubatch_scheduler_options options_;
+  timeline* trace_ = nullptr;
+  bool running_ = false;
+  std::vector<gpu::event> compute_done_;
+  std::vector<gpu::event> comm_done_;
+  std::vector<std::string> compute_lanes_;
+  std::vector<std::string> comm_lanes_;
+};
+
+}  // namespace cobatch::engine
