@@ -79,6 +79,11 @@ class nccl_service {
   void watch(const std::shared_ptr<comm_state>& c);
   /// Takes over a communicator whose last owner let go.
   void retire(ncclComm_t comm, std::chrono::milliseconds timeout, std::optional<allocation> scratch);
+  /// Blocks until every communicator retired so far is released.
+  void drain() {
+    std::unique_lock lock(mutex_);
+    drained_.wait(lock, [&] { return retirees_.empty() && finishing_ == 0; });
+  }
 
  private:
   struct retiree {
@@ -101,6 +106,8 @@ class nccl_service {
 
   std::mutex mutex_;
   std::condition_variable wake_;
+  std::condition_variable drained_;
+  int finishing_ = 0;
   bool stop_ = false;
   std::vector<std::weak_ptr<comm_state>> watched_;
   std::deque<retiree> retirees_;
@@ -351,10 +358,13 @@ void nccl_service::run() {
     while (!retirees_.empty()) {
       auto r = std::move(retirees_.front());
       retirees_.pop_front();
+      ++finishing_;
       lock.unlock();
       finish(r);
       lock.lock();
+      --finishing_;
     }
+    drained_.notify_all();
     if (stop_) return;
     std::vector<std::shared_ptr<comm_state>> live;
     std::erase_if(watched_, [&](const std::weak_ptr<comm_state>& w) {
@@ -728,6 +738,8 @@ std::vector<communicator> make_local_communicators(const std::vector<cuda_device
   for (auto& s : states) out.emplace_back(std::make_unique<nccl_comm>(std::move(s)));
   return out;
 }
+
+void wait_for_retired_communicators() { nccl_service::instance().drain(); }
 
 namespace fault {
 void fail_next_enqueue_wait(std::error_code ec) noexcept { injected_enqueue_failure = ec; }
