@@ -745,9 +745,9 @@ namespace fault {
 void fail_next_enqueue_wait(std::error_code ec) noexcept { injected_enqueue_failure = ec; }
 }  // namespace fault
 
-group_guard::group_guard() { start_group(); }
+thread_group_guard::thread_group_guard() { start_group(); }
 
-group_guard::~group_guard() {
+thread_group_guard::~thread_group_guard() {
   if (!open_) return;
   open_ = false;
   try {
@@ -757,7 +757,7 @@ group_guard::~group_guard() {
   }
 }
 
-void group_guard::end() {
+void thread_group_guard::end() {
   if (!open_) return;
   open_ = false;
   end_group();

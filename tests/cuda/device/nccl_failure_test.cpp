@@ -44,14 +44,14 @@ TEST_CASE("every stream of a group that failed after issuing fails", "[cuda][ncc
   gpu::cuda::device_buffer send2(4 * sizeof(float), second), recv2(4 * sizeof(float), second);
   SECTION("the guard's destructor swallows the exception, the streams do not") {
     {
-      nccl::group_guard group;
+      nccl::thread_group_guard group;
       w.comm.all_gather(send.data(), recv.data(), 4, gpu::data_type::f32, w.comm_stream);
       w.comm.all_gather(send2.data(), recv2.data(), 4, gpu::data_type::f32, second);
       nccl::fault::fail_next_enqueue_wait(remote_error);
     }
   }
   SECTION("end() throws, and the streams fail as well") {
-    nccl::group_guard group;
+    nccl::thread_group_guard group;
     w.comm.all_gather(send.data(), recv.data(), 4, gpu::data_type::f32, w.comm_stream);
     w.comm.all_gather(send2.data(), recv2.data(), 4, gpu::data_type::f32, second);
     nccl::fault::fail_next_enqueue_wait(remote_error);
