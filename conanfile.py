@@ -133,9 +133,11 @@ class CobatchConan(ConanFile):
         coro = self.cpp_info.components["coro"]
         coro.set_property("cmake_target_name", "cobatch::coro")
         coro.libs = ["cobatch_coro"]
-        # The same definitions as cobatch_dep::asio (cmake/cobatch_dependencies.cmake):
-        # every translation unit that includes Asio must agree on them.
-        coro.defines = ["ASIO_STANDALONE", "ASIO_NO_DEPRECATED", "ASIO_DISABLE_STD_ALIGNED_ALLOC"]
+        # The same definitions as cobatch::coro's usage requirements
+        # (cmake/cobatch_dependencies.cmake, coro/CMakeLists.txt): every
+        # translation unit that includes Asio must agree on them, and
+        # ASIO_HAS_CO_AWAIT turns on asio::awaitable under Clang with libstdc++.
+        coro.defines = ["ASIO_STANDALONE", "ASIO_NO_DEPRECATED", "ASIO_DISABLE_STD_ALIGNED_ALLOC", "ASIO_HAS_CO_AWAIT=1"]
         coro.requires = ["asio::asio", "concurrentqueue::concurrentqueue"]
         if self.settings.os in ("Linux", "FreeBSD"):
             coro.system_libs = ["pthread"]
