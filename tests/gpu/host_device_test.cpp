@@ -5,6 +5,8 @@
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/stream_pool.hpp"
+#include "host_fixture.hpp"
+#include "host_gate.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -19,12 +21,7 @@ using namespace cobatch;
 using namespace std::chrono_literals;
 
 namespace {
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  fixture() { loop.attach(reactor); }
-};
+using fixture = test::host_fixture;
 }  // namespace
 
 TEST_CASE("a stream runs its work in order", "[gpu][host][stream]") {
@@ -46,13 +43,17 @@ TEST_CASE("an event join makes one stream's data visible to another", "[gpu][hos
   auto ready = f.dev.make_event();
   std::vector<int> data(1000, 0);
   long sum = 0;
-  producer.enqueue([&] {
-    std::this_thread::sleep_for(5ms);  // make a missing join visible
+  // The producer is held until the consumer's work is enqueued too: only
+  // the join keeps the consumer from reading first.
+  test::host_gate produce;
+  producer.enqueue([&, produce] {
+    produce.wait();
     for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<int>(i);
   });
   producer.record(ready);
   consumer.wait(ready);  // device-side: no host thread blocks here
   consumer.enqueue([&] { sum = std::accumulate(data.begin(), data.end(), 0L); });
+  produce.open();
   auto body = [&]() -> coro::task<void> { co_await consumer.async_wait(coro::use_task); };
   coro::sync_wait(f.loop, body());
   CHECK(sum == 999L * 1000 / 2);
@@ -65,12 +66,14 @@ TEST_CASE("an awaited event resumes only after its work finished", "[gpu][host][
   auto e = f.dev.make_event();
   CHECK(e.query().is_ready());  // never recorded: complete, as in CUDA
   std::atomic<bool> written{false};
-  s.enqueue([&] {
-    std::this_thread::sleep_for(3ms);
+  test::host_gate work;
+  s.enqueue([&, work] {
+    work.wait();
     written = true;
   });
   s.record(e);
-  CHECK(e.query().is_pending());
+  CHECK(e.query().is_pending());  // certain: the work waits for the gate
+  work.open();
   auto body = [&]() -> coro::task<bool> {
     co_await e.async_wait(coro::use_task);
     co_return written.load();
