@@ -131,6 +131,7 @@ std::coroutine_handle<> ubatch_step::hand_over(std::int32_t i) noexcept {
     p.index = i;
     p.set_executor(executor_);
     p.set_cancellation_slot(signal_.slot());
+    p.set_chain(chain_);
     return runner.handle;
   } catch (...) {
     // No memory for the runner's frame: the hooks cannot run, so the step

@@ -115,6 +115,13 @@ class when_all_awaiter {
 
  public:
   explicit when_all_awaiter(A... awaitables) : awaitables_(std::move(awaitables)...) {}
+  when_all_awaiter(const when_all_awaiter&) = delete;
+  when_all_awaiter& operator=(const when_all_awaiter&) = delete;
+  // Destroyed while suspended (its chain was abandoned): the parent's signal
+  // may outlive this frame, so it must not keep a handler pointing here.
+  ~when_all_awaiter() {
+    if (parent_slot_.is_connected()) parent_slot_.clear();
+  }
 
   bool await_ready() const noexcept { return count == 0; }
 
@@ -137,7 +144,10 @@ class when_all_awaiter {
   }
 
   std::tuple<when_all_value_t<A>...> await_resume() {
-    if (parent_slot_.is_connected()) parent_slot_.clear();
+    if (parent_slot_.is_connected()) {
+      parent_slot_.clear();
+      parent_slot_ = {};
+    }
     if (shared_.first_error) std::rethrow_exception(shared_.first_error);
     return take(std::index_sequence_for<A...>{});
   }
