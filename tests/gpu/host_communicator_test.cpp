@@ -143,3 +143,28 @@ TEST_CASE("cancelling a wait on a collective aborts the communicator, so no rank
   };
   CHECK(coro::sync_wait(f.loop, body()) == gpu::errc::communicator_aborted);
 }
+
+TEST_CASE("a point-to-point size mismatch fails every rank with rank_mismatch, the sender and bystanders too",
+          "[gpu][host][comm]") {
+  fixture f;
+  // No timeout: a bystander must learn of the mismatch, not wait for ever.
+  auto comms = gpu::host::make_communicators(3, {std::chrono::milliseconds(0)});
+  gpu::stream s[3] = {f.dev.make_stream(), f.dev.make_stream(), f.dev.make_stream()};
+  std::vector<float> a(4, 1.0f), b(4, 0.0f);
+  float x[3] = {1, 2, 3}, y[3] = {0, 0, 0};
+  {
+    gpu::group_guard g0(comms[0]);
+    gpu::group_guard g1(comms[1]);
+    comms[0].send(g0, a.data(), 4, gpu::data_type::f32, 1, s[0]);
+    comms[1].recv(g1, b.data(), 3, gpu::data_type::f32, 0, s[1]);
+  }
+  // Rank 2 is not part of the exchange; it waits at the next collective.
+  comms[2].all_reduce(&x[2], &y[2], 1, gpu::data_type::f32, gpu::reduce_op::sum, s[2]);
+  auto body = [&](int r) -> coro::task<std::error_code> {
+    auto [ec] = co_await s[r].async_wait(coro::as_tuple_task);
+    co_return ec;
+  };
+  CHECK(coro::sync_wait(f.loop, body(1)) == gpu::errc::rank_mismatch);
+  CHECK(coro::sync_wait(f.loop, body(0)) == gpu::errc::rank_mismatch);
+  CHECK(coro::sync_wait(f.loop, body(2)) == gpu::errc::rank_mismatch);
+}
