@@ -114,19 +114,3 @@ TEST_CASE("a capture that leaves a joined stream's work unjoined is rejected", "
   CHECK_FALSE(side.ref().capturing());  // the failed capture still ended
   CHECK_THROWS_AS(side.ref().end_capture(), std::system_error);
 }
-
-TEST_CASE("a graph's failed node reaches whoever awaits the replay", "[gpu][host][graph][error]") {
-  fixture f;
-  auto s = f.dev.make_stream();
-  auto e = f.dev.make_event();
-  s.ref().begin_capture();
-  s.enqueue([] { throw std::system_error(std::make_error_code(std::errc::invalid_argument)); });
-  s.record(e);
-  auto exec = s.ref().end_capture().instantiate();
-  exec.launch(s);
-  auto body = [&]() -> coro::task<std::error_code> {
-    auto [ec] = co_await e.async_wait(coro::as_tuple_task);
-    co_return ec;
-  };
-  CHECK(coro::sync_wait(f.loop, body()) == std::errc::invalid_argument);
-}
