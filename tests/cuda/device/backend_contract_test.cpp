@@ -40,6 +40,9 @@ class cuda_backend final : public contract::backend {
     devices_.at(static_cast<std::size_t>(r))->make_current();
     memory_.emplace_back(bytes, cobatch::gpu::cuda::memory_kind::device);
     cobatch::gpu::cuda::check_cuda(cudaMemset(memory_.back().data(), 0, bytes), "cudaMemset");
+    // cudaMemset runs on the legacy default stream, which the backend's
+    // non-blocking streams do not wait for: finish it before they use it.
+    cobatch::gpu::cuda::check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     devices_.front()->make_current();
     return memory_.back().data();
   }
