@@ -71,7 +71,8 @@ struct paged_attention_args {
   std::int32_t num_work = 0;
   std::int32_t num_tokens = 0;
   void* out = nullptr;              ///< [num_tokens][num_qo_heads][head_dim], out_type
-  float* out_lse = nullptr;         ///< [num_tokens][num_qo_heads], natural
+  float* out_lse = nullptr;         ///< [num_tokens][num_qo_heads], may be null
+  float lse_out_scale = 1.0f;       ///< out_lse = natural * lse_out_scale (partial_lse stays natural)
   float* partial_out = nullptr;     ///< [rows][num_qo_heads][head_dim]
   float* partial_lse = nullptr;     ///< [rows][num_qo_heads], natural
 };
@@ -93,7 +94,8 @@ struct chunk_merge_args {
   const float* partial_lse = nullptr;
   void* out = nullptr;  ///< out_type, rows as in paged_attention_args
   data_type out_type = data_type::f32;
-  float* out_lse = nullptr;  ///< natural
+  float* out_lse = nullptr;     ///< may be null
+  float lse_out_scale = 1.0f;   ///< out_lse = natural * lse_out_scale
 };
 
 /// N-way merge of attention states (o_i, lse_i) of the same rows:
