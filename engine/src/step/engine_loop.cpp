@@ -297,6 +297,7 @@ coro::task<void> engine_loop::run() {
         }
       }
     }
+    const bool collected = prev != nullptr;
     if (prev != nullptr) {
       const bool ok = co_await collect(*prev);
       if (!ok) {
@@ -315,6 +316,16 @@ coro::task<void> engine_loop::run() {
       }
     }
     publish_gauges();
+    if (collected && !launched) continue;  // what it finished may let others run
+    if (!launched && prev == nullptr && planner_->live() > 0) {
+      // Nothing in flight and nothing planned while requests wait: only a
+      // planner bug gets here; say so instead of sleeping forever.
+      const planner_gauges g = planner_->gauges();
+      throw_engine_error(errc::no_capacity,
+                         detail::cat("engine_loop: ", planner_->live(), " requests cannot progress (waiting ", g.waiting,
+                                     ", running ", g.running, ", pages in use ", g.pages_in_use, " of ", g.pages_total,
+                                     ")"));
+    }
     if (!launched && prev == nullptr) {
       // Idle: sleep until a command arrives. reset() before looking, so a
       // set() after the look wakes the wait.
