@@ -3,19 +3,21 @@
 // KV pages, so a wrong block table, a lost page or a wrong recompute after
 // preemption changes its tokens.
 //
-// Segment 0 writes each real token's value (a mix of its id and position)
+// Stage 0 writes each real token's value (a mix of its id and position)
 // into the KV page slot of its position, and sums, for each request that
 // samples, the values of its whole context as read through the block table.
-// The last segment turns the sum into logits and samples: greedy (argmax,
+// The last stage turns the sum into logits and samples: greedy (argmax,
 // which is sum % vocab) or seeded (sum + a draw from (seed, output index)).
-// Collectives between segments copy nothing; one can be set to fail, and so
-// can a segment, to test failure handling.
+// With `segments` > 1 the stages are graph, (collective, eager)..., collective,
+// graph; collectives and eager stages copy nothing. A collective can be set to
+// fail, and so can a compute stage, to test failure handling.
 #pragma once
 
 #include <cobatch/engine/step/step_model.hpp>
 #include <cobatch/gpu/stream.hpp>
 
 #include <atomic>
+#include <span>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -35,28 +37,37 @@ class toy_step_model final : public step_model {
   toy_step_model(std::int32_t vocab, std::int32_t max_context, std::int32_t num_pages, std::int32_t page_size,
                  std::int32_t segments = 1)
       : vocab_(vocab), max_context_(max_context), page_size_(page_size), segments_(segments),
-        kv_(static_cast<std::size_t>(num_pages) * static_cast<std::size_t>(page_size), 0) {}
+        kv_(static_cast<std::size_t>(num_pages) * static_cast<std::size_t>(page_size), 0) {
+    stages_.push_back(stage_kind::graph);
+    for (std::int32_t k = 1; k < segments; ++k) {
+      stages_.push_back(stage_kind::collective);
+      stages_.push_back(k + 1 < segments ? stage_kind::eager : stage_kind::graph);
+    }
+  }
 
   model_info info() const override { return {vocab_, max_context_, 1, 0}; }
-  std::int32_t segments() const override { return segments_; }
+  std::span<const stage_kind> stages() const override { return stages_; }
   void bind(const ubatch_io& io) override {
     if (sums_.size() <= static_cast<std::size_t>(io.slot)) sums_.resize(static_cast<std::size_t>(io.slot) + 1);
     sums_[static_cast<std::size_t>(io.slot)].assign(static_cast<std::size_t>(io.capacity_reqs), 0);
   }
   void plan(const step_plan&, std::int32_t, const ubatch&, const ubatch_io&, gpu::stream_ref) override {}
 
-  void enqueue_segment(std::int32_t segment, const ubatch_io& io, std::int32_t, gpu::stream_ref s) override {
+  void enqueue_stage(std::int32_t stage, const ubatch_io& io, std::int32_t, gpu::stream_ref s) override {
+    const stage_kind kind = stages_[static_cast<std::size_t>(stage)];
+    if (kind == stage_kind::collective) {
+      const bool fail = fail_collective.exchange(false);
+      s.enqueue([fail, stage] {
+        if (fail) throw std::runtime_error("toy model: collective at stage " + std::to_string(stage) + " failed on purpose");
+      });
+      return;
+    }
     if (fail_next_segment.exchange(false))
-      throw std::runtime_error("toy model: segment " + std::to_string(segment) + " failed on purpose");
+      throw std::runtime_error("toy model: stage " + std::to_string(stage) + " failed on purpose");
     const ubatch_io* p = &io;
-    if (segment == 0) s.enqueue([this, p] { attend(*p); });
-    if (segment == segments_ - 1) s.enqueue([this, p] { sample(*p); });
-  }
-  void enqueue_collective(std::int32_t after, const ubatch_io&, std::int32_t, gpu::stream_ref s) override {
-    const bool fail = fail_collective.exchange(false);
-    s.enqueue([fail, after] {
-      if (fail) throw std::runtime_error("toy model: collective after segment " + std::to_string(after) + " failed on purpose");
-    });
+    if (stage == 0) s.enqueue([this, p] { attend(*p); });
+    if (kind == stage_kind::eager) s.enqueue([] {});
+    if (stage == static_cast<std::int32_t>(stages_.size()) - 1) s.enqueue([this, p] { sample(*p); });
   }
   void recover() override { ++recoveries; }
 
@@ -105,6 +116,7 @@ class toy_step_model final : public step_model {
   }
 
   std::int32_t vocab_, max_context_, page_size_, segments_;
+  std::vector<stage_kind> stages_;
   std::vector<std::uint64_t> kv_;
   std::vector<std::vector<std::uint64_t>> sums_;
 };

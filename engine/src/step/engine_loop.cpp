@@ -61,9 +61,12 @@ engine_loop::engine_loop(asio::any_io_executor executor, std::span<const engine_
       std::max<std::uint32_t>(1, std::min<std::uint32_t>(options_.graph_max_tokens > 0 ? options_.graph_max_tokens : 1,
                                                          static_cast<std::uint32_t>(max_budget)));
   dispatch_router router(capture_ladder::standard(ladder_top));
-  const std::int32_t segments = ranks_[0].model->segments();
+  const auto stages = ranks_[0].model->stages();
+  const bool whole = stages.size() == 1 && stages[0] == stage_kind::graph;
   if (options_.graph_max_tokens > 0) {
-    const dispatch_mode mode = segments == 1 ? dispatch_mode::full : dispatch_mode::piecewise;
+    // One graph stage is the whole forward pass (full); anything else is
+    // pieces between eager stages and collectives (piecewise).
+    const dispatch_mode mode = whole ? dispatch_mode::full : dispatch_mode::piecewise;
     for (std::uint32_t rung : router.ladder().sizes()) router.declare(mode, dispatch_key::for_tokens(rung));
   }
   planner_ = std::make_unique<step_planner>(popts, std::move(router));

@@ -216,11 +216,11 @@ TEST_CASE("engine_loop: a failing micro-batch or collective fails its step with 
     CHECK(engine.gauges().failed_steps == 1);
     CHECK(model.recoveries == 1);
     if (collective) {
-      CHECK_THAT(engine.last_error(), Catch::Contains("the collective after segment 0 of micro-batch"));
+      CHECK_THAT(engine.last_error(), Catch::Contains("the collective at stage 1 of micro-batch"));
       CHECK_THAT(engine.last_error(), Catch::Contains("failed on purpose") || Catch::Contains("failed"));
     } else {
       CHECK_THAT(engine.last_error(), Catch::Contains("micro-batch"));
-      CHECK_THAT(engine.last_error(), Catch::Contains("segment 0 failed on purpose"));
+      CHECK_THAT(engine.last_error(), Catch::Contains("stage 0 failed on purpose"));
     }
     // Retried once: every request still ends with the tokens it gets unharmed.
     for (std::size_t i = 0; i < requests.size(); ++i) {
