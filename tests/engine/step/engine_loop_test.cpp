@@ -51,7 +51,7 @@ TEST_CASE("engine_loop: 1000 seeded requests through a small pool all finish, in
           "[engine][step][admission]") {
   const auto requests = random_requests(std::getenv("N") ? std::atoi(std::getenv("N")) : 1000, 7);
   std::int64_t need = 0;
-  for (const auto& r : requests) need += kv_page_pool::pages_for(std::int64_t(r.prompt.size()) + r.max_tokens, 4, 1);
+  for (const auto& r : requests) need += kv_pages_for(std::int64_t(r.prompt.size()) + r.max_tokens, 4, 1);
 
   auto run = [&](std::int32_t pages, step_overlap overlap, std::vector<request_id>* admitted, std::uint64_t* preemptions,
                  std::int32_t* high_water) {
@@ -64,12 +64,12 @@ TEST_CASE("engine_loop: 1000 seeded requests through a small pool all finish, in
     bool pool_ok = true;
     engine.on_step([&](const step_report& r) {
       if (admitted) admitted->insert(admitted->end(), r.plan->admitted.begin(), r.plan->admitted.end());
-      pool_ok = pool_ok && engine.planner().pages().in_use() <= pages;
+      pool_ok = pool_ok && (engine.planner().pages().num_pages() - engine.planner().pages().available()) <= pages;
     });
     auto out = run_all(rig.loop, engine, requests);
     CHECK(pool_ok);
     if (preemptions) *preemptions = engine.gauges().preemptions;
-    if (high_water) *high_water = engine.planner().pages().high_water();
+    if (high_water) *high_water = engine.planner().pages_high_water();
     return out;
   };
 
