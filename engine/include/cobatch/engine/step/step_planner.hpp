@@ -58,7 +58,7 @@ struct planner_options {
   ubatch_count_limits ubatches{1, 2};
   slice_policy slicing{};
   /// Activation memory of a step; activation_bytes_per_token 0 leaves it out.
-  device_memory activations{};
+  activation_memory activations{};
   timing_options timing{.target_step_time = std::chrono::milliseconds(50)};
   /// Times a request is re-run after a step it was in failed, before it
   /// finishes as failed.
