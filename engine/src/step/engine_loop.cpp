@@ -73,7 +73,7 @@ engine_loop::engine_loop(asio::any_io_executor executor, std::span<const engine_
   runner_options ropts;
   ropts.max_tokens = std::max<std::int32_t>(max_budget, static_cast<std::int32_t>(planner_->router().ladder().max_size()));
   ropts.max_reqs = popts.max_running;
-  ropts.block_stride = kv_pages_for(popts.limits.max_context, popts.page_size, popts.dcp_world);
+  ropts.max_pages = popts.num_pages;
   ropts.max_ubatches = popts.ubatches.max;
   ropts.keep_logits = options_.keep_logits;
   ropts.dcp_world = popts.dcp_world;

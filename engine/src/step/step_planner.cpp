@@ -44,7 +44,6 @@ step_planner::step_planner(planner_options options, dispatch_router router)
       router_(std::move(router)),
       pages_(options.num_pages),
       timing_(options.timing) {
-  max_pages_per_request_ = kv_pages_for(options_.limits.max_context, options_.page_size, options_.dcp_world);
   seqs_.reserve(static_cast<std::size_t>(options_.max_running) * 2);
   running_.reserve(static_cast<std::size_t>(options_.max_running));
 }
@@ -179,9 +178,8 @@ bool step_planner::schedule(std::uint32_t h, std::int32_t chunk, step_plan& plan
   plan.num_tokens += chunk;
   plan.query_start_loc.push_back(plan.num_tokens);
   plan.seq_lens.push_back(s.computed + chunk);
-  const std::size_t row = plan.block_table.size();
-  plan.block_table.resize(row + static_cast<std::size_t>(plan.block_stride), -1);
-  std::copy(s.pages.begin(), s.pages.end(), plan.block_table.begin() + static_cast<std::ptrdiff_t>(row));
+  plan.block_indices.insert(plan.block_indices.end(), s.pages.begin(), s.pages.end());
+  plan.block_indptr.push_back(static_cast<std::int32_t>(plan.block_indices.size()));
   s.computed += chunk;
   s.scheduled_in = plan.step;
   if (samples) {
@@ -200,13 +198,13 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
   plan.num_tokens = 0;
   plan.dcp_world = options_.dcp_world;
   plan.page_size = options_.page_size;
-  plan.block_stride = max_pages_per_request_;
   plan.requests.clear();
   plan.token_ids.clear();
   plan.positions.clear();
   plan.query_start_loc.assign(1, 0);
   plan.seq_lens.clear();
-  plan.block_table.clear();
+  plan.block_indptr.assign(1, 0);
+  plan.block_indices.clear();
   plan.routes.clear();
   plan.admitted.clear();
   plan.preempted.clear();
