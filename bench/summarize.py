@@ -34,6 +34,7 @@ TABLE = {
     "launch_eager_cpu_ns": ("BM_launch_eager_64", "launch_cpu_ns"),
     "launch_graph_cpu_ns": ("BM_launch_graph_64", "launch_cpu_ns"),
     "step_plan_ns": ("BM_step_plan", REAL_TIME),
+    "step_plan_cpu_ns": ("BM_step_plan", "plan_cpu_ns"),
     "step_host_overhead_us": ("BM_step_host_overhead", "host_us_per_step"),
     "step_gap_us": ("BM_step_gap", "gap_overlapped_us"),
     "step_gap_sequential_us": ("BM_step_gap", "gap_sequential_us"),

@@ -333,7 +333,7 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
         const stage_kind kind = stages_[static_cast<std::size_t>(k)];
         if (kind == stage_kind::collective) {
           if (ctx.current_role() != gpu::stream_role::communication) co_await ctx.switch_to_comm();
-          ctx.label(detail::cat("stage ", k, " collective"));
+          if (trace_ != nullptr) ctx.label(detail::cat("stage ", k, " collective"));
           model_->enqueue_stage(k, io, st.run_tokens, ctx.current_stream());
           const std::int32_t done = ++collectives;
           ctx.current_stream().enqueue([ep, u, done] { ep->progress[static_cast<std::size_t>(u)].store(done); });
@@ -341,10 +341,10 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
         }
         if (ctx.current_role() != gpu::stream_role::compute) co_await ctx.switch_to_compute();
         if (kind == stage_kind::graph && graph != nullptr) {
-          ctx.label(detail::cat("stage ", k, " graph"));
+          if (trace_ != nullptr) ctx.label(detail::cat("stage ", k, " graph"));
           graph->graph().stages[static_cast<std::size_t>(k)].launch(ctx.current_stream());
         } else {
-          ctx.label(detail::cat("stage ", k, kind == stage_kind::graph ? " eager" : " eager (per step)"));
+          if (trace_ != nullptr) ctx.label(detail::cat("stage ", k, kind == stage_kind::graph ? " eager" : " eager (per step)"));
           model_->enqueue_stage(k, io, st.run_tokens, ctx.current_stream());
         }
       }

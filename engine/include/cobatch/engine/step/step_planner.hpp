@@ -189,6 +189,7 @@ class step_planner {
   std::uint64_t preemptions_ = 0;
   std::uint64_t admissions_ = 0;
   std::size_t live_ = 0;
+  std::size_t cancels_pending_ = 0;
 };
 
 }  // namespace cobatch::engine
