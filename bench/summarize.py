@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Condenses a Google Benchmark JSON report into the figures cobatch tracks.
 
-    bench/summarize.py build/bench/raw.json build/bench/summary.json
+    bench/summarize.py build/bench/raw.json build/bench/summary.json [build/bench/server.json]
+
+The optional third file holds the example server's figures, measured by
+bench/server/server_bench.py (wrk and an asyncio client on loopback).
 
 Each figure is the median over repetitions of one benchmark's real time (in
 nanoseconds) or of one of its user counters. Figures whose benchmark did not
@@ -78,6 +81,23 @@ TARGETS = {
     "idle_cpu_percent": ("idle_cpu_percent", "<=", 2),
     "slice_ns_4096": ("slice_ns_4096", "<=", 20000),
     "dispatch_ns": ("dispatch_ns", "<=", 50),
+}
+
+# Figures of the example server (bench/server/server_bench.py), copied as they
+# are: key -> description.
+SERVER_KEYS = {
+    "health_rps": "GET /health requests per second, 64 connections (wrk)",
+    "server_tokens_per_s_1": "generated tokens per second, 1 client",
+    "server_tokens_per_s_64": "generated tokens per second, 64 concurrent clients",
+    "server_batching_gain": "tokens/s at 64 clients over tokens/s at 1 client",
+    "server_p99_ttft_ms": "time to first streamed token at 64 clients, p99",
+    "server_median_ttft_ms": "time to first streamed token at 64 clients, median",
+    "server_errors": "answers neither 200 nor 503, and socket errors, over every server run",
+}
+SERVER_TARGETS = {
+    "health_rps": ("health_rps", ">=", 30000),
+    "server_batching_gain": ("server_batching_gain", ">=", 8),
+    "server_errors": ("server_errors", "<=", 0),
 }
 
 NS_PER_UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
@@ -190,7 +210,7 @@ def machine_info():
     return info
 
 
-def summarize(report):
+def summarize(report, server=None):
     benchmarks = report.get("benchmarks", [])
     summary = {}
     missing = []
@@ -227,8 +247,18 @@ def summarize(report):
         if num in summary and den in summary and summary[den] != 0:
             summary[key] = summary[num] / summary[den]
 
+    if server is not None:
+        for key in SERVER_KEYS:
+            if server.get(key) is None:
+                missing.append(key)
+            else:
+                summary[key] = server[key]
+
     targets = {}
-    for key, (measured_key, op, bound) in TARGETS.items():
+    all_targets = dict(TARGETS)
+    if server is not None:
+        all_targets.update(SERVER_TARGETS)
+    for key, (measured_key, op, bound) in all_targets.items():
         if measured_key not in summary:
             continue
         measured = summary[measured_key]
@@ -244,9 +274,17 @@ def summarize(report):
 
 
 def main(argv):
-    if len(argv) != 3:
-        print(f"usage: {argv[0]} RAW_JSON SUMMARY_JSON", file=sys.stderr)
+    if len(argv) not in (3, 4):
+        print(f"usage: {argv[0]} RAW_JSON SUMMARY_JSON [SERVER_JSON]", file=sys.stderr)
         return 2
+    server = None
+    if len(argv) == 4:
+        try:
+            with open(argv[3], encoding="utf-8") as f:
+                server = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"{argv[0]}: {argv[3]}: {e}; the server figures are listed as missing", file=sys.stderr)
+            server = {}
     with open(argv[1], encoding="utf-8") as f:
         text = f.read()
     if not text.strip():
@@ -258,7 +296,7 @@ def main(argv):
     except json.JSONDecodeError as e:
         print(f"{argv[0]}: {argv[1]} is not a Google Benchmark JSON report: {e}", file=sys.stderr)
         return 1
-    summary = summarize(report)
+    summary = summarize(report, server)
     with open(argv[2], "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")

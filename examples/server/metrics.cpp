@@ -12,8 +12,8 @@ void append_number(std::string& out, double v) {
     out += "+Inf";
     return;
   }
-  // %.17g round-trips; integers print without a fraction.
-  const int n = std::snprintf(buf, sizeof buf, "%.17g", v);
+  // Integers print without a fraction, bounds as written (0.1, not 0.1000...1).
+  const int n = std::snprintf(buf, sizeof buf, "%.15g", v);
   out.append(buf, static_cast<std::size_t>(n));
 }
 

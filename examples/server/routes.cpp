@@ -267,7 +267,7 @@ asio::awaitable<void> routes::completions(http_connection& c) {
   auto stop = req.stop;
   completion_job job{c,      engine_,       metrics_,      engine_.submit(std::move(p)),
                      std::move(slot), std::move(req), prompt_tokens, id,
-                     unix_now(), arrival, {}, text_stream(std::move(stop))};
+                     unix_now(), arrival, {}, text_stream(std::move(stop)), {}, 0, false};
   ++in_flight_;
   struct leave {
     completion_job& job;
