@@ -12,9 +12,9 @@
 #include "metrics.hpp"
 #include "openai_schema.hpp"
 
-#include <asio/any_io_executor.hpp>
+#include <cobatch/engine/step/request_stream.hpp>
+
 #include <asio/awaitable.hpp>
-#include <asio/steady_timer.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -55,45 +55,40 @@ struct generation_params {
 /// How a generation ended, as the engine says.
 enum class generation_end { running, length, stop, cancelled, refused, failed };
 
-/// One request's stream of tokens as the HTTP thread sees it. Everything
-/// here runs on the HTTP thread; the engine service delivers into it there.
+/// One request's stream of tokens as the HTTP thread sees it: the engine's
+/// request_stream plus what has arrived and not been taken yet. Used on the
+/// HTTP thread only.
 class generation {
  public:
-  explicit generation(asio::any_io_executor http_executor);
+  explicit generation(engine::request_stream stream) : stream_(std::move(stream)) {}
 
   /// Tokens delivered and not yet taken.
   std::span<const std::int32_t> pending() const noexcept { return pending_; }
   void clear_pending() noexcept { pending_.clear(); }
-  /// The engine has scheduled it (its first token is on the way or here).
-  bool admitted() const noexcept { return admitted_; }
   bool finished() const noexcept { return end_ != generation_end::running; }
   generation_end end() const noexcept { return end_; }
   /// Why it was refused or failed.
   const std::string& error() const noexcept { return error_; }
 
-  /// Completes (immediately if already so) when tokens are pending or the
-  /// generation has finished. Terminal cancellation completes it early; the
-  /// caller then checks the state as after any wake-up.
+  /// Completes (at once if already so) when tokens are pending or the
+  /// generation has finished. Terminal cancellation completes it early,
+  /// with nothing new; the request keeps running until cancel().
   asio::awaitable<void> wait();
-
-  // ---- the engine service's side (on the HTTP thread) ----
-  void deliver(std::span<const std::int32_t> tokens, generation_end end, std::string error);
-  void mark_admitted() noexcept { admitted_ = true; }
-  std::uint64_t id = 0;
+  /// The engine ends the request at its next step and frees its KV pages.
+  void cancel() const { stream_.cancel(); }
 
  private:
+  engine::request_stream stream_;
   std::vector<std::int32_t> pending_;
   generation_end end_ = generation_end::running;
-  bool admitted_ = false;
   std::string error_;
-  asio::steady_timer wake_;
 };
 
 class engine_service {
  public:
-  /// Builds the model and the engine and starts the engine thread. Results
-  /// are delivered on `http_executor`. Throws on a bad option or model file.
-  engine_service(engine_options options, asio::any_io_executor http_executor, server_metrics& metrics);
+  /// Builds the model and the engine and starts the engine thread. Step
+  /// times go to `metrics`. Throws on a bad option or model file.
+  engine_service(engine_options options, server_metrics& metrics);
   ~engine_service();
   engine_service(const engine_service&) = delete;
   engine_service& operator=(const engine_service&) = delete;
@@ -105,10 +100,9 @@ class engine_service {
   /// The bytes of generated tokens (special tokens contribute none).
   void append_bytes(std::span<const std::int32_t> tokens, std::string& out) const;
 
-  /// HTTP thread. The generation is fed until it finishes; cancel() ends it early.
+  /// Any thread. The generation delivers to the executor of whoever awaits
+  /// its wait(); cancel() ends it early.
   std::shared_ptr<generation> submit(generation_params params);
-  /// HTTP thread. Its KV pages are freed at the engine's next step.
-  void cancel(const generation& g);
 
   /// Any thread.
   engine_gauges gauges() const;

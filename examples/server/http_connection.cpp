@@ -46,12 +46,12 @@ http_connection::~http_connection() = default;
 server_metrics& http_connection::metrics() noexcept { return server_.metrics(); }
 
 asio::awaitable<void> http_connection::run() {
-  auto self = shared_from_this();
   server_.add(this);
   asio::error_code ignored;
   socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
   set_phase(phase::idle);
-  asio::co_spawn(socket_.get_executor(), watchdog(), asio::detached);
+  asio::co_spawn(socket_.get_executor(), [self = shared_from_this()] { return self->watchdog(); },
+                 asio::detached);
   try {
     co_await serve();
   } catch (const std::exception&) {
@@ -80,7 +80,6 @@ void http_connection::set_phase(phase p) {
 // current phase's deadline has passed. Deadlines move with plain stores, so
 // the per-request cost is nil; a deadline is enforced within one tick.
 asio::awaitable<void> http_connection::watchdog() {
-  auto self = shared_from_this();
   const auto& l = server_.limits();
   const auto shortest = std::min({l.idle_timeout, l.header_timeout, l.body_timeout});
   const auto tick = std::clamp(shortest / 4, std::chrono::milliseconds(10), std::chrono::milliseconds(1000));
@@ -117,7 +116,8 @@ void http_connection::force_close() {
 
 asio::awaitable<void> http_connection::serve() {
   while (!closed_) {
-    if (!co_await read_request()) co_return;
+    const bool have_request = co_await read_request();
+    if (!have_request) co_return;
     keep_alive_ = parser_.request().keep_alive && !closing_;
     answered_ = false;
     set_phase(phase::handling);
@@ -125,9 +125,9 @@ asio::awaitable<void> http_connection::serve() {
     if (!answered_) {
       // A route that returns without answering is a bug; the client still
       // gets a well-formed answer.
-      co_await respond(http_response{500, "application/json",
-                                     error_body({500, "The request was not answered", "server_error", {}, {}}),
-                                     {}});
+      const http_response r{500, "application/json",
+                             error_body({500, "The request was not answered", "server_error", {}, {}}), {}};
+      co_await respond(r);
     }
     if (!keep_alive_ || closing_ || closed_) co_return;
     set_phase(phase::idle);
@@ -142,27 +142,20 @@ asio::awaitable<bool> http_connection::read_request() {
   bool continue_sent = false;
   for (;;) {
     if (in_begin_ < in_.size()) {
-      const auto r = parser_.feed(std::string_view(in_).substr(in_begin_));
-      in_begin_ += r.consumed;
+      const auto parsed = parser_.feed(std::string_view(in_).substr(in_begin_));
+      in_begin_ += parsed.consumed;
       if (phase_ == phase::idle && parser_.started()) set_phase(phase::headers);
       if (phase_ == phase::headers && parser_.headers_complete()) set_phase(phase::body);
-      switch (r.status) {
+      switch (parsed.status) {
         case parse_status::complete: co_return true;
-        case parse_status::bad_request:
-          co_await reject(400, std::string("Malformed HTTP request: ") + std::string(parser_.error_description()),
-                          request_outcome::bad_request);
-          co_return false;
-        case parse_status::header_too_large:
-          co_await reject(431, "The request line and headers exceed " +
-                                   std::to_string(server_.limits().max_header_bytes) + " bytes",
-                          request_outcome::bad_request);
-          co_return false;
-        case parse_status::body_too_large:
-          co_await reject(413, "The request body exceeds " +
-                                   std::to_string(server_.limits().max_body_bytes) + " bytes",
-                          request_outcome::bad_request);
-          co_return false;
         case parse_status::need_more: break;
+        case parse_status::bad_request:
+        case parse_status::header_too_large:
+        case parse_status::body_too_large: {
+          const http_response r = rejection(parsed.status);
+          co_await respond(r);
+          co_return false;
+        }
       }
       if (parser_.expects_continue() && !continue_sent) {
         continue_sent = true;
@@ -191,13 +184,24 @@ asio::awaitable<bool> http_connection::read_request() {
   }
 }
 
-asio::awaitable<void> http_connection::reject(int status, std::string message, request_outcome outcome) {
+http_response http_connection::rejection(parse_status why) {
   keep_alive_ = false;  // the rest of the stream cannot be trusted
-  http_response r{status, "application/json",
-                  error_body({status, std::move(message), "invalid_request_error", {}, {}}),
-                  {}};
-  (void)outcome;  // respond() counts it from the status
-  co_await respond(std::move(r));
+  int status = 400;
+  std::string message;
+  switch (why) {
+    case parse_status::header_too_large:
+      status = 431;
+      message = "The request line and headers exceed " + std::to_string(server_.limits().max_header_bytes) + " bytes";
+      break;
+    case parse_status::body_too_large:
+      status = 413;
+      message = "The request body exceeds " + std::to_string(server_.limits().max_body_bytes) + " bytes";
+      break;
+    default:
+      message = "Malformed HTTP request: " + std::string(parser_.error_description());
+      break;
+  }
+  return http_response{status, "application/json", error_body({status, std::move(message), "invalid_request_error", {}, {}}), {}};
 }
 
 void http_connection::append_head(std::string& out, int status, std::string_view content_type,
@@ -227,7 +231,7 @@ void http_connection::append_head(std::string& out, int status, std::string_view
   out += "\r\n";
 }
 
-asio::awaitable<bool> http_connection::respond(http_response r) {
+asio::awaitable<bool> http_connection::respond(const http_response& r) {
   answered_ = true;
   metrics().count(outcome_of(r.status));
   if (closed_) co_return false;

@@ -36,7 +36,8 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
   ~http_connection();
 
   /// Serves requests until the client closes, an error, a timeout, or the
-  /// server's shutdown. Never throws.
+  /// server's shutdown. Never throws. The caller keeps the connection alive
+  /// until it completes (co_spawn with a lambda holding the shared_ptr).
   asio::awaitable<void> run();
 
   // ---- what a route uses ---------------------------------------------------
@@ -44,8 +45,10 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
   const http_request& request() const noexcept { return parser_.request(); }
 
   /// Writes `r` as the whole answer (no body for HEAD) and counts its outcome.
-  /// Returns false when the client is gone.
-  asio::awaitable<bool> respond(http_response r);
+  /// Returns false when the client is gone. `r` must stay alive until then:
+  /// pass a named variable (GCC 12 mishandles class temporaries and by-value
+  /// class parameters of coroutines, so none of ours take any).
+  asio::awaitable<bool> respond(const http_response& r);
 
   /// Starts a 200 answer with chunked transfer coding (for SSE). Returns false
   /// when the client is gone.
@@ -75,7 +78,7 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
 
   asio::awaitable<void> serve();
   asio::awaitable<bool> read_request();
-  asio::awaitable<void> reject(int status, std::string message, request_outcome outcome);
+  http_response rejection(parse_status why);
   asio::awaitable<void> watchdog();
   void set_phase(phase p);
   void append_head(std::string& out, int status, std::string_view content_type,

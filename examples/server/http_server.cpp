@@ -58,30 +58,38 @@ asio::awaitable<void> http_server::accept_loop() {
       continue;
     }
     if (connections_.size() >= limits_.max_connections) {
-      asio::co_spawn(io_, refuse(std::move(socket)), asio::detached);
+      refuse(std::move(socket));
       continue;
     }
     auto c = std::make_shared<http_connection>(std::move(socket), *this, routes_);
-    asio::co_spawn(io_, c->run(), asio::detached);
+    // The lambda (and so `c`) lives in the spawned coroutine's frame until
+    // run() ends: a member coroutine alone would only hold `this`.
+    asio::co_spawn(io_, [c] { return c->run(); }, asio::detached);
   }
 }
 
 // One answer to a connection over the limit, without reading its request: the
 // client learns why and when to come back, and the slot is not held.
-asio::awaitable<void> http_server::refuse(asio::ip::tcp::socket socket) {
+void http_server::refuse(asio::ip::tcp::socket socket) {
   metrics_.count(request_outcome::overloaded);
-  const std::string body =
-      error_body({503, "Too many open connections (limit " + std::to_string(limits_.max_connections) + ")",
-                  "server_error", {}, "too_many_connections"});
-  const std::string head = "HTTP/1.1 503 Service Unavailable\r\nServer: cobatch\r\n"
-                           "Content-Type: application/json\r\nContent-Length: " +
-                           std::to_string(body.size()) + "\r\nRetry-After: " +
-                           std::to_string(limits_.retry_after_s) + "\r\nConnection: close\r\n\r\n";
-  std::array<asio::const_buffer, 2> buffers{asio::buffer(head), asio::buffer(body)};
-  co_await asio::async_write(socket, buffers, nothrow);
-  asio::error_code ignored;
-  socket.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
-  socket.close(ignored);
+  struct refusal {
+    asio::ip::tcp::socket socket;
+    std::string body;
+    std::string head;
+  };
+  auto r = std::make_shared<refusal>(refusal{std::move(socket), {}, {}});
+  r->body = error_body({503, "Too many open connections (limit " + std::to_string(limits_.max_connections) + ")",
+                        "server_error", {}, "too_many_connections"});
+  r->head = "HTTP/1.1 503 Service Unavailable\r\nServer: cobatch\r\n"
+            "Content-Type: application/json\r\nContent-Length: " +
+            std::to_string(r->body.size()) + "\r\nRetry-After: " + std::to_string(limits_.retry_after_s) +
+            "\r\nConnection: close\r\n\r\n";
+  std::array<asio::const_buffer, 2> buffers{asio::buffer(r->head), asio::buffer(r->body)};
+  asio::async_write(r->socket, buffers, [r](const asio::error_code&, std::size_t) {
+    asio::error_code ignored;
+    r->socket.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+    r->socket.close(ignored);
+  });
 }
 
 void http_server::remove(http_connection* c) {

@@ -48,7 +48,7 @@ class http_server {
 
  private:
   asio::awaitable<void> accept_loop();
-  asio::awaitable<void> refuse(asio::ip::tcp::socket socket);
+  void refuse(asio::ip::tcp::socket socket);
   void finish_shutdown();
 
   asio::io_context& io_;

@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   try {
     asio::io_context io(1);
     server_metrics metrics;
-    engine_service engine(options.engine, io.get_executor(), metrics);
+    engine_service engine(options.engine, metrics);
     routes r(engine, metrics, options.limits);
     http_server server(io, options.host, options.port, options.limits, metrics, r);
     r.set_connection_count([&server] { return server.open_connections(); });

@@ -20,6 +20,7 @@ struct request_parser::state {
   bool header_too_large = false;
   bool body_too_large = false;
   bool expects_continue = false;
+  bool bad_version = false;
 
   static state& of(http_parser* p) { return *static_cast<state*>(p->data); }
 
@@ -69,6 +70,11 @@ struct request_parser::state {
       // A declared body over the limit is refused before a byte of it is read.
       if ((p->flags & F_CONTENTLENGTH) != 0 && p->content_length > s.limits.max_body_bytes) {
         s.body_too_large = true;
+        return -1;
+      }
+      // http_parser takes any one-digit version; this server speaks 1.0 and 1.1.
+      if (p->http_major != 1 || p->http_minor > 1) {
+        s.bad_version = true;
         return -1;
       }
       s.finish_head(p);
@@ -129,7 +135,7 @@ struct request_parser::state {
     url.clear();
     header_bytes = 0;
     started = in_header_value = headers_complete = message_complete = false;
-    header_too_large = body_too_large = expects_continue = false;
+    header_too_large = body_too_large = expects_continue = bad_version = false;
   }
 };
 
@@ -157,6 +163,7 @@ bool request_parser::headers_complete() const noexcept { return state_->headers_
 bool request_parser::expects_continue() const noexcept { return state_->expects_continue; }
 
 std::string_view request_parser::error_description() const noexcept {
+  if (state_->bad_version) return "unsupported HTTP version (this server speaks HTTP/1.0 and HTTP/1.1)";
   return http_errno_description(HTTP_PARSER_ERRNO(&state_->parser));
 }
 

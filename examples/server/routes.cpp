@@ -59,7 +59,8 @@ struct completion_job {
   // (given back at admission), and the bytes into the text stream. A stop
   // sequence ends the generation here and cancels the rest in the engine.
   void absorb() {
-    if (gen->admitted() || !gen->pending().empty() || gen->finished()) slot.release();
+    // Admitted by the engine: its first token (or its end) is here.
+    if (!gen->pending().empty() || gen->finished()) slot.release();
     const auto tokens = gen->pending();
     if (!tokens.empty() && !text.stopped()) {
       const auto now = clock::now();
@@ -80,7 +81,7 @@ struct completion_job {
       }
     }
     gen->clear_pending();
-    if (text.stopped() && !gen->finished()) engine.cancel(*gen);
+    if (text.stopped() && !gen->finished()) gen->cancel();
   }
 
   bool done() const { return gen->finished() || text.stopped(); }
@@ -112,12 +113,14 @@ struct completion_job {
       if (done()) break;
       co_await gen->wait();
     }
-    if (auto e = engine_error()) {
-      co_await c.respond(error_response(*e));
-      co_return;
-    }
-    std::string body = completion_body(id, created, req.model, text.take_rest(), reason(), usage());
-    co_await c.respond(http_response{200, "application/json", std::move(body), {}});
+    const http_response answer = final_answer();
+    co_await c.respond(answer);
+  }
+
+  http_response final_answer() {
+    if (auto e = engine_error()) return error_response(*e);
+    return http_response{200, "application/json",
+                         completion_body(id, created, req.model, text.take_rest(), reason(), usage()), {}};
   }
 
   asio::awaitable<void> stream() {
@@ -128,11 +131,13 @@ struct completion_job {
       if (completion_tokens > 0 || done()) break;
       co_await gen->wait();
     }
-    if (auto e = engine_error(); e && completion_tokens == 0) {
-      co_await c.respond(error_response(*e));
+    if (engine_error() && completion_tokens == 0) {
+      const http_response answer = final_answer();
+      co_await c.respond(answer);
       co_return;
     }
-    if (!co_await c.begin_chunked("text/event-stream")) co_return;
+    const bool started = co_await c.begin_chunked("text/event-stream");
+    if (!started) co_return;
     sse_batch events;
     std::string out;
     for (;;) {
@@ -153,11 +158,15 @@ struct completion_job {
         }
         events.take_chunk(out);
         out += last_chunk;
-        if (co_await c.send(out)) metrics.count(request_outcome::ok);
+        const bool sent = co_await c.send(out);
+        if (sent) metrics.count(request_outcome::ok);
         co_return;
       }
       events.take_chunk(out);
-      if (!out.empty() && !co_await c.send(out)) co_return;
+      if (!out.empty()) {
+        const bool sent = co_await c.send(out);
+        if (!sent) co_return;
+      }
       co_await gen->wait();
       absorb();
     }
@@ -171,6 +180,16 @@ routes::routes(engine_service& engine, server_metrics& metrics, const server_lim
 
 asio::awaitable<void> routes::handle(http_connection& c) {
   const http_request& req = c.request();
+  if (req.path == "/v1/completions" && req.method == http_method::post) {
+    co_await completions(c);
+    co_return;
+  }
+  const http_response answer = simple_answer(c);
+  co_await c.respond(answer);
+}
+
+http_response routes::simple_answer(const http_connection& c) const {
+  const http_request& req = c.request();
   const auto method_not_allowed = [&](std::string allow) {
     http_response r = error_response({405, "Method " + req.method_name + " is not allowed on " + req.path +
                                                "; use " + allow,
@@ -179,77 +198,72 @@ asio::awaitable<void> routes::handle(http_connection& c) {
     return r;
   };
   const bool get = req.method == http_method::get || req.method == http_method::head;
-
   if (req.path == "/health") {
-    if (!get) {
-      co_await c.respond(method_not_allowed("GET, HEAD"));
-    } else if (c.closing()) {
-      co_await c.respond(error_response({503, "The server is shutting down", "server_error", {}, "shutting_down"}));
-    } else {
-      co_await c.respond(http_response{200, "application/json", health_body(), {}});
+    if (!get) return method_not_allowed("GET, HEAD");
+    if (c.closing()) {
+      return error_response({503, "The server is shutting down", "server_error", {}, "shutting_down"});
     }
-  } else if (req.path == "/v1/models") {
-    if (!get) {
-      co_await c.respond(method_not_allowed("GET, HEAD"));
-    } else {
-      co_await c.respond(http_response{200, "application/json", models_body(engine_.card()), {}});
-    }
-  } else if (req.path == "/metrics") {
-    if (!get) {
-      co_await c.respond(method_not_allowed("GET, HEAD"));
-    } else {
-      server_metrics::server_gauges s{open_connections_ ? open_connections_() : 0, waiting_.waiting(), in_flight_};
-      co_await c.respond(http_response{200, "text/plain; version=0.0.4; charset=utf-8",
-                                       metrics_.render(s, engine_.gauges()), {}});
-    }
-  } else if (req.path == "/v1/completions") {
-    if (req.method != http_method::post) {
-      co_await c.respond(method_not_allowed("POST"));
-    } else {
-      co_await completions(c);
-    }
-  } else {
-    co_await c.respond(error_response({404, "No route for " + req.method_name + " " + req.path,
-                                       "invalid_request_error", {}, "not_found"}));
+    return http_response{200, "application/json", health_body(), {}};
   }
+  if (req.path == "/v1/models") {
+    if (!get) return method_not_allowed("GET, HEAD");
+    return http_response{200, "application/json", models_body(engine_.card()), {}};
+  }
+  if (req.path == "/metrics") {
+    if (!get) return method_not_allowed("GET, HEAD");
+    const server_metrics::server_gauges s{open_connections_ ? open_connections_() : 0, waiting_.waiting(),
+                                          in_flight_};
+    return http_response{200, "text/plain; version=0.0.4; charset=utf-8", metrics_.render(s, engine_.gauges()),
+                         {}};
+  }
+  if (req.path == "/v1/completions") return method_not_allowed("POST");
+  return error_response({404, "No route for " + req.method_name + " " + req.path, "invalid_request_error", {},
+                         "not_found"});
 }
 
-asio::awaitable<void> routes::completions(http_connection& c) {
-  const auto arrival = clock::now();
+// Parses and checks a completion request; on success `prompt` holds its
+// tokens and the waiting-room slot is taken, else the answer is the refusal.
+std::optional<http_response> routes::admit(const http_connection& c, completion_request& req,
+                                           std::vector<std::int32_t>& prompt, waiting_room::slot& slot) {
   const model_card& card = engine_.card();
   auto parsed = parse_completion_request(c.request().body, card);
-  if (auto* e = std::get_if<api_error>(&parsed)) {
-    co_await c.respond(error_response(*e));
-    co_return;
-  }
-  auto& req = std::get<completion_request>(parsed);
-  std::vector<std::int32_t> prompt = req.prompt_tokens ? std::move(*req.prompt_tokens)
-                                                        : engine_.tokenize(req.prompt_text);
+  if (auto* e = std::get_if<api_error>(&parsed)) return error_response(*e);
+  req = std::move(std::get<completion_request>(parsed));
+  prompt = req.prompt_tokens ? std::move(*req.prompt_tokens) : engine_.tokenize(req.prompt_text);
   if (prompt.empty()) {
-    co_await c.respond(error_response({400, "'prompt' must not be empty", "invalid_request_error", "prompt", {}}));
-    co_return;
+    return error_response({400, "'prompt' must not be empty", "invalid_request_error", "prompt", {}});
   }
   if (prompt.size() + static_cast<std::size_t>(req.max_tokens) > card.context_length) {
-    co_await c.respond(error_response(
+    return error_response(
         {400,
          "This model's maximum context length is " + std::to_string(card.context_length) +
              " tokens; the prompt has " + std::to_string(prompt.size()) + " and 'max_tokens' asks for " +
              std::to_string(req.max_tokens),
-         "invalid_request_error", "max_tokens", "context_length_exceeded"}));
-    co_return;
+         "invalid_request_error", "max_tokens", "context_length_exceeded"});
   }
   if (c.closing()) {
-    co_await c.respond(error_response({503, "The server is shutting down", "server_error", {}, "shutting_down"}));
-    co_return;
+    return error_response({503, "The server is shutting down", "server_error", {}, "shutting_down"});
   }
-  auto slot = waiting_.try_enter();
+  slot = waiting_.try_enter();
   if (!slot) {
     http_response r = error_response({503,
                                       "The waiting queue is full (" + std::to_string(waiting_.capacity()) +
                                           " requests); retry later",
                                       "server_error", {}, "queue_full"});
     r.headers.emplace_back("Retry-After", std::to_string(limits_.retry_after_s));
-    co_await c.respond(std::move(r));
+    return r;
+  }
+  return std::nullopt;
+}
+
+asio::awaitable<void> routes::completions(http_connection& c) {
+  const auto arrival = clock::now();
+  completion_request req;
+  std::vector<std::int32_t> prompt;
+  waiting_room::slot slot;
+  const std::optional<http_response> refusal = admit(c, req, prompt, slot);
+  if (refusal) {
+    co_await c.respond(*refusal);
     co_return;
   }
 
@@ -276,20 +290,23 @@ asio::awaitable<void> routes::completions(http_connection& c) {
       --in_flight;
       // Gone client, shutdown, stop sequence: the engine frees the pages at
       // its next step.
-      if (!job.gen->finished()) job.engine.cancel(*job.gen);
+      if (!job.gen->finished()) job.gen->cancel();
     }
   } on_exit{job, in_flight_};
 
   // The answer races the client's departure; whichever ends first cancels
   // the other (terminal cancellation), and the group waits for both.
+  // (The group and its operations are named locals, not temporaries of the
+  // co_await expression, which GCC 12 mishandles.)
   const auto ex = co_await asio::this_coro::executor;
-  auto [order, work_error, watch_error, gone] =
-      co_await asio::experimental::make_parallel_group(
-          asio::co_spawn(ex, job.req.stream ? job.stream() : job.collect(), asio::experimental::deferred),
-          asio::co_spawn(ex, c.wait_peer_gone(), asio::experimental::deferred))
-          .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
-  if (order[0] == 0 && work_error) std::rethrow_exception(work_error);
-  if (order[0] == 1 && gone) metrics_.count(request_outcome::cancelled);
+  auto group = asio::experimental::make_parallel_group(
+      asio::co_spawn(ex, job.req.stream ? job.stream() : job.collect(), asio::experimental::deferred),
+      asio::co_spawn(ex, c.wait_peer_gone(), asio::experimental::deferred));
+  auto both = std::move(group).async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+  const auto result = co_await std::move(both);
+  const auto& order = std::get<0>(result);
+  if (order[0] == 0 && std::get<1>(result)) std::rethrow_exception(std::get<1>(result));
+  if (order[0] == 1 && std::get<3>(result)) metrics_.count(request_outcome::cancelled);
 }
 
 }  // namespace cobatch::server

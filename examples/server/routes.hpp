@@ -3,14 +3,18 @@
 // its tokens while watching for the client to go away (which cancels it).
 #pragma once
 
+#include "http_message.hpp"
 #include "limits.hpp"
 #include "metrics.hpp"
+#include "openai_schema.hpp"
 
 #include <asio/awaitable.hpp>
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <vector>
 
 namespace cobatch::server {
 
@@ -32,6 +36,9 @@ class routes {
 
  private:
   asio::awaitable<void> completions(http_connection& c);
+  http_response simple_answer(const http_connection& c) const;
+  std::optional<http_response> admit(const http_connection& c, completion_request& req,
+                                     std::vector<std::int32_t>& prompt, waiting_room::slot& slot);
 
   engine_service& engine_;
   server_metrics& metrics_;

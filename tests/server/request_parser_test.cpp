@@ -50,3 +50,12 @@ TEST_CASE("request_parser refuses oversized heads and bodies as they arrive", "[
   CHECK(p.feed("GARBAGE\r\n\r\n").status == parse_status::bad_request);
   CHECK_FALSE(p.error_description().empty());
 }
+
+TEST_CASE("request_parser refuses HTTP versions other than 1.0 and 1.1", "[server][http]") {
+  request_parser p({1024, 1024});
+  CHECK(p.feed("GET / HTTP/9.9\r\n\r\n").status == parse_status::bad_request);
+  CHECK(p.error_description().find("version") != std::string_view::npos);
+  p.reset();
+  CHECK(p.feed("GET / HTTP/1.0\r\n\r\n").status == parse_status::complete);
+  CHECK_FALSE(p.request().keep_alive);
+}

@@ -45,7 +45,8 @@ import openai  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 HOST = "127.0.0.1"
-MODEL = None  # filled from /v1/models
+MODEL = None  # filled from the server's first line
+CONTEXT = None  # the model's context length, from /v1/models
 STEP_TIMEOUT = 60  # seconds any single client operation may take
 
 
@@ -76,6 +77,8 @@ class server:
             raise check_failed(f"{name}: no 'listening on' line (got {line!r}); see {self.log_path}")
         self.port = int(m.group(1))
         self.model = m.group(2)
+        m = re.search(r"context=(\d+)", line)
+        self.context = int(m.group(1)) if m else 256
         self.base = f"http://{HOST}:{self.port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -124,13 +127,22 @@ def connect(port, timeout=STEP_TIMEOUT):
     return s
 
 
+_unread = {}  # socket -> bytes received past the last response read
+
+
 def read_response(sock, deadline_s=STEP_TIMEOUT):
     """Reads one HTTP/1.1 response: (status, headers dict, body bytes), or
-    (None, {}, b"") when the server closed the connection first."""
+    (None, {}, b"") when the server closed the connection first. Bytes past
+    the response stay for the next call (pipelining)."""
     sock.settimeout(deadline_s)
-    data = b""
-    while b"\r\n\r\n" not in data:
+    data = _unread.pop(sock, b"")
+
+    def more():
         chunk = sock.recv(65536)
+        return chunk
+
+    while b"\r\n\r\n" not in data:
+        chunk = more()
         if not chunk:
             return None, {}, data
         data += chunk
@@ -145,25 +157,29 @@ def read_response(sock, deadline_s=STEP_TIMEOUT):
         body = b""
         while True:
             while b"\r\n" not in rest:
-                chunk = sock.recv(65536)
+                chunk = more()
                 expect(chunk, "connection closed inside a chunked body")
                 rest += chunk
             size_line, rest = rest.split(b"\r\n", 1)
             size = int(size_line, 16)
             while len(rest) < size + 2:
-                chunk = sock.recv(65536)
+                chunk = more()
                 expect(chunk, "connection closed inside a chunk")
                 rest += chunk
             body += rest[:size]
             rest = rest[size + 2:]
             if size == 0:
                 break
+        if rest:
+            _unread[sock] = rest
         return status, headers, body
     length = int(headers.get("content-length", "0"))
     while len(rest) < length:
-        chunk = sock.recv(65536)
+        chunk = more()
         expect(chunk, "connection closed inside a body")
         rest += chunk
+    if rest[length:]:
+        _unread[sock] = rest[length:]
     return status, headers, rest[:length]
 
 
@@ -240,6 +256,11 @@ def wait_idle(srv, timeout=30):
     raise check_failed(f"gauges not back to zero after {timeout} s: {last}")
 
 
+def long_generation(srv):
+    """A max_tokens that takes many steps and still fits the context."""
+    return max(16, srv.context - 64)
+
+
 def completion_body(**kw):
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 8}
     body.update(kw)
@@ -309,18 +330,29 @@ def check_streaming(srv):
 
 def check_stop_sequence(srv):
     c = srv.client()
-    base = c.completions.create(model=MODEL, prompt="abc", max_tokens=32, temperature=0).choices[0].text
-    # A stop sequence taken from the greedy text itself must cut it there.
-    if len(base) >= 6:
-        stop = base[3:5]
+    tried = []
+    for prompt in ("abc", "The stop sequence", "0123456789", "Hello, world", "zzz"):
+        base = c.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0).choices[0].text
+        tried.append(base)
+        # A stop sequence taken from the greedy text itself (a character the
+        # model really produced, not a replacement for invalid bytes) must
+        # cut the text where it first appears, streamed or not.
+        picks = [i for i in range(1, len(base)) if base[i] != "\ufffd"]
+        if not picks:
+            continue
+        stop = base[picks[0]]
+        if picks[0] + 1 < len(base) and base[picks[0] + 1] != "\ufffd":
+            stop = base[picks[0]:picks[0] + 2]
         cut = base[: base.find(stop)]
-        r = c.completions.create(model=MODEL, prompt="abc", max_tokens=32, temperature=0, stop=[stop])
+        r = c.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0, stop=[stop, "\x00never"])
         expect(r.choices[0].text == cut and r.choices[0].finish_reason == "stop",
                f"stop {stop!r}: {r.choices[0].text!r} vs {cut!r}")
-        parts = [ch.text for chunk in c.completions.create(model=MODEL, prompt="abc", max_tokens=32,
-                                                           temperature=0, stop=[stop], stream=True)
+        parts = [ch.text for chunk in c.completions.create(model=MODEL, prompt=prompt, max_tokens=32,
+                                                           temperature=0, stop=stop, stream=True)
                  for ch in chunk.choices]
         expect("".join(parts) == cut, f"streamed stop: {''.join(parts)!r} vs {cut!r}")
+        return
+    raise check_failed(f"no greedy text with a valid character to stop on: {tried!r}")
 
 
 def check_errors(srv):
@@ -522,12 +554,12 @@ def stream_then_vanish(port, n_events, max_tokens):
 def check_vanishing_clients(srv):
     before = sample(metrics(srv.port), "cobatch_requests", "cobatch_requests_total", outcome="cancelled")
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda i: stream_then_vanish(srv.port, 1 + i % 3, 2000), range(16),
+        list(pool.map(lambda i: stream_then_vanish(srv.port, 1 + i % 3, long_generation(srv)), range(16),
                       timeout=STEP_TIMEOUT * 2))
     # Non-streaming clients that give up while their request runs.
     for _ in range(4):
         with connect(srv.port) as s:
-            body = completion_body(max_tokens=2000)
+            body = completion_body(max_tokens=long_generation(srv))
             s.sendall((f"POST /v1/completions HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
             time.sleep(0.05)
     m = wait_idle(srv)
@@ -588,7 +620,7 @@ def check_sigterm_under_load(binary):
     def streamer(i):
         try:
             with connect(srv.port) as s:
-                body = completion_body(model=srv.model, prompt=f"drain {i}", max_tokens=64 if i % 2 else 4000,
+                body = completion_body(model=srv.model, prompt=f"drain {i}", max_tokens=16 if i % 2 else long_generation(srv),
                                        stream=True, temperature=0)
                 s.sendall((f"POST /v1/completions HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
                 status, headers, raw = read_response(s, STEP_TIMEOUT)

@@ -1,0 +1,34 @@
+// model_factory: the reference model behind the server, one shard per
+// decode-context-parallel rank, and what the HTTP side needs to know of it
+// (its name, vocabulary and context, its byte-level tokenizer's special
+// tokens).
+#pragma once
+
+#include "engine_service.hpp"
+
+#include <cobatch/engine/step/step_model.hpp>
+#include <cobatch/gpu/device.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+namespace cobatch::server {
+
+struct loaded_model {
+  /// One per rank, in rank order; the engine drives them.
+  std::vector<std::shared_ptr<engine::step_model>> ranks;
+  model_card card;
+  /// Byte-level vocabulary: ids 0..255 are the bytes; these are extra.
+  std::optional<std::int32_t> bos;  ///< put in front of every prompt
+  std::optional<std::int32_t> eos;  ///< ends generation (a stop token)
+};
+
+/// Builds the reference model from `options.model` (seeded random weights
+/// or a safetensors file) for `devices.size()` ranks. Throws naming the file
+/// or value on failure.
+loaded_model load_model(const engine_options& options, std::span<gpu::device* const> devices);
+
+}  // namespace cobatch::server
