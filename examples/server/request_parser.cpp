@@ -131,7 +131,14 @@ struct request_parser::state {
   void reset() {
     http_parser_init(&parser, HTTP_REQUEST);
     parser.data = this;
-    request = http_request{};
+    // Cleared, not replaced: a keep-alive connection reuses the capacity.
+    request.method = http_method::other;
+    request.method_name.clear();
+    request.path.clear();
+    request.query.clear();
+    request.headers.clear();
+    request.body.clear();
+    request.keep_alive = true;
     url.clear();
     header_bytes = 0;
     started = in_header_value = headers_complete = message_complete = false;
