@@ -382,7 +382,7 @@ def check_errors(srv):
     api_error(openai.BadRequestError, 400, "stop", stop=["a", "b", "c", "d", "e"])
     api_error(openai.BadRequestError, 400, "prompt", prompt=[1, -3])
     api_error(openai.BadRequestError, 400, "n", n=3)
-    api_error(openai.BadRequestError, 400, "prompt", prompt="")
+    api_error(openai.BadRequestError, 400, "prompt", prompt=[])
 
     for body, param in ((b"{not json", None), (b"[1,2]", None), (b'{"prompt":"x"}', "model"),
                         (json.dumps({"model": MODEL}).encode(), "prompt"),
