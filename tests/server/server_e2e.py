@@ -657,6 +657,62 @@ def check_sigterm_under_load(binary):
         pass
 
 
+def write_safetensors(path, vocab=258, dim=32, layers=1, heads=2, kv_heads=1, ffn=64, seed=7):
+    """A small Llama in safetensors form (F32, Hugging Face names), from a seed."""
+    import random
+    import struct
+    rng = random.Random(seed)
+    hd = dim // heads
+    shapes = {"model.embed_tokens.weight": [vocab, dim], "model.norm.weight": [dim], "lm_head.weight": [vocab, dim]}
+    for l in range(layers):
+        p = f"model.layers.{l}."
+        shapes.update({p + "input_layernorm.weight": [dim], p + "post_attention_layernorm.weight": [dim],
+                       p + "self_attn.q_proj.weight": [heads * hd, dim], p + "self_attn.k_proj.weight": [kv_heads * hd, dim],
+                       p + "self_attn.v_proj.weight": [kv_heads * hd, dim], p + "self_attn.o_proj.weight": [dim, heads * hd],
+                       p + "mlp.gate_proj.weight": [ffn, dim], p + "mlp.up_proj.weight": [ffn, dim],
+                       p + "mlp.down_proj.weight": [dim, ffn]})
+    header, blobs, offset = {}, [], 0
+    for name, shape in shapes.items():
+        n = 1
+        for x in shape:
+            n *= x
+        values = [1.0] * n if name.endswith("norm.weight") else [rng.gauss(0, 0.3) for _ in range(n)]
+        blob = struct.pack(f"<{n}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    header["__metadata__"] = {"num_attention_heads": str(heads), "num_key_value_heads": str(kv_heads)}
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+
+
+def check_safetensors(binary):
+    folder = os.environ.get("COBATCH_SERVER_TEST_DIR", ".")
+    path = os.path.join(folder, "tiny-llama.safetensors")
+    write_safetensors(path)
+    srv = server(binary, "--model", path, name="safetensors")
+    try:
+        expect(srv.model == "tiny-llama", f"model id from the file name: {srv.model}")
+        c = srv.client()
+        a = c.completions.create(model=srv.model, prompt="weights from a file", max_tokens=16, temperature=0)
+        b = c.completions.create(model=srv.model, prompt="weights from a file", max_tokens=16, temperature=0)
+        expect(a.choices[0].text == b.choices[0].text and a.usage.completion_tokens >= 1, "greedy text repeats")
+    finally:
+        code = srv.stop()
+    expect(code == 0, f"safetensors server exit status {code}")
+    # A broken file: the server refuses to start and names the file.
+    bad = os.path.join(folder, "broken.safetensors")
+    with open(bad, "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    r = subprocess.run([binary, "--port", "0", "--model", bad], capture_output=True, text=True, timeout=60)
+    expect(r.returncode != 0 and "broken.safetensors" in r.stderr, f"broken file: {r.returncode} {r.stderr!r}")
+    r = subprocess.run([binary, "--port", "0", "--max-queue", "zero"], capture_output=True, text=True, timeout=60)
+    expect(r.returncode == 2 and "--max-queue" in r.stderr, f"bad option: {r.returncode} {r.stderr!r}")
+    r = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60)
+    expect(r.returncode == 0 and "--max-queue" in r.stdout and "--dcp-ranks" in r.stdout, "--help")
+
+
 # --------------------------------------------------------------------------
 
 
@@ -705,6 +761,7 @@ def main():
             print(f"FAIL  exit_status: {code}\n{srv.log_text()[-4000:]}", flush=True)
         else:
             print("ok    exit_status (0 after SIGTERM)", flush=True)
+    run("safetensors_and_command_line", check_safetensors, binary)
     run("overload", check_overload, binary)
     run("sigterm_under_load", check_sigterm_under_load, binary)
 
