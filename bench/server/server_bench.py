@@ -73,7 +73,7 @@ def health_rps(port, seconds):
 
 
 def tokens_per_second(port, model, clients, seconds, max_tokens):
-    body = json.dumps({"model": model, "prompt": "The engine batches requests continuously. " * 2,
+    body = json.dumps({"model": model, "prompt": "Once upon a time",
                        "max_tokens": max_tokens, "temperature": 0})
     threads = min(2, clients)
     out = wrk([f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "60s",
@@ -144,7 +144,7 @@ def main():
     ap.add_argument("--server", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--server-arg", action="append", default=[])
     args = ap.parse_args()
 

@@ -10,6 +10,7 @@
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -80,6 +81,10 @@ struct engine_service::impl {
     eo.planner.num_pages = options.kv_pages;
     eo.planner.page_size = options.page_size;
     eo.planner.ubatches = {1, options.max_ubatches};
+    if (options.token_budget > 0) eo.fixed_budget = options.token_budget;
+    eo.tuner.min_budget = std::min(options.min_token_budget, eo.tuner.max_budget);
+    eo.tuner.target_step_time = options.target_step_time;
+    eo.planner.timing.target_step_time = options.target_step_time;
     engine = std::make_unique<engine::engine_loop>(loop.get_executor(), ranks, eo);
     engine->on_step([this](const engine::step_report& report) {
       metrics.step_time.observe(std::chrono::duration<double>(report.outputs.device_time()).count());

@@ -41,6 +41,14 @@ struct engine_options {
   std::int32_t max_running = 256;
   std::int32_t kv_pages = 4096;  ///< KV pages per rank
   std::int32_t page_size = 16;   ///< tokens per page
+  /// Tokens per step: fixed when > 0, else the engine's tuner chooses it
+  /// between min_token_budget and 8192, keeping steps under target_step_time.
+  std::int32_t token_budget = 0;
+  /// The tuner's floor. The tuner starts there and climbs; a floor that holds
+  /// a full batch of decodes plus a few prompts keeps new requests from
+  /// waiting steps for admission while it learns.
+  std::int32_t min_token_budget = 256;
+  std::chrono::milliseconds target_step_time{50};
 };
 
 struct generation_params {

@@ -246,8 +246,9 @@ std::shared_ptr<const llama_weights> llama_weights::load_safetensors(const std::
 }
 
 struct llama_model::workspace {
-  std::vector<float> x, h, q, k, v, att, gate, up, logits, scores, probs;
+  std::vector<float> x, h, q, k, v, att, gate, up, logits, scores, probs, rope;
   std::vector<std::int32_t> order;
+  std::vector<std::size_t> slots;  // KV slot of each context position of one request
 };
 
 llama_model::llama_model(std::shared_ptr<const llama_weights> weights, std::int32_t kv_pages, std::int32_t page_size)
@@ -258,6 +259,9 @@ llama_model::llama_model(std::shared_ptr<const llama_weights> weights, std::int3
   const auto& c = weights_->config;
   const std::size_t slots = static_cast<std::size_t>(kv_pages_) * static_cast<std::size_t>(page_size_) *
                             static_cast<std::size_t>(c.kv_heads) * static_cast<std::size_t>(c.head_dim());
+  for (std::int32_t j = 0; j < c.head_dim() / 2; ++j) {
+    inv_freq_.push_back(std::pow(c.rope_theta, -2.0f * static_cast<float>(j) / static_cast<float>(c.head_dim())));
+  }
   k_cache_.assign(static_cast<std::size_t>(c.layers), std::vector<float>(slots));
   v_cache_.assign(static_cast<std::size_t>(c.layers), std::vector<float>(slots));
 }
@@ -288,6 +292,8 @@ void llama_model::bind(const engine::ubatch_io& io) {
   w->probs.resize(w->logits.size());
   w->order.resize(w->logits.size());
   w->scores.resize(static_cast<std::size_t>(c.max_context));
+  w->slots.resize(static_cast<std::size_t>(c.max_context));
+  w->rope.resize(t * hd);
   workspaces_[slot] = std::move(w);
 }
 
@@ -319,15 +325,22 @@ void llama_model::forward(const engine::ubatch_io& io, workspace& w) {
     if (page < 0 || page >= kv_pages_) throw std::runtime_error("llama_model: position " + std::to_string(pos) + " has no KV page");
     return static_cast<std::size_t>(page) * static_cast<std::size_t>(page_size_) + static_cast<std::size_t>(pos % page_size_);
   };
-  const auto rope = [&](float* vec, std::int32_t pos) {
-    const std::int32_t half = hd / 2;
+  // Rotary angles once per token (shared by every head and layer).
+  const std::int32_t half = hd / 2;
+  for (std::int32_t t = 0; t < T; ++t) {
+    float* cs = &w.rope[static_cast<std::size_t>(t) * static_cast<std::size_t>(hd)];
     for (std::int32_t j = 0; j < half; ++j) {
-      const float freq = std::pow(c.rope_theta, -2.0f * static_cast<float>(j) / static_cast<float>(hd));
-      const float a = static_cast<float>(pos) * freq;
-      const float cs = std::cos(a), sn = std::sin(a);
+      const float a = static_cast<float>(io.positions[t]) * inv_freq_[static_cast<std::size_t>(j)];
+      cs[j] = std::cos(a);
+      cs[j + half] = std::sin(a);
+    }
+  }
+  const auto rope = [&](float* vec, std::int32_t t) {
+    const float* cs = &w.rope[static_cast<std::size_t>(t) * static_cast<std::size_t>(hd)];
+    for (std::int32_t j = 0; j < half; ++j) {
       const float x1 = vec[j], x2 = vec[j + half];
-      vec[j] = x1 * cs - x2 * sn;
-      vec[j + half] = x2 * cs + x1 * sn;
+      vec[j] = x1 * cs[j] - x2 * cs[j + half];
+      vec[j + half] = x2 * cs[j] + x1 * cs[j + half];
     }
   };
 
@@ -344,15 +357,18 @@ void llama_model::forward(const engine::ubatch_io& io, workspace& w) {
     for (std::int32_t r = 0; r < R; ++r) {
       for (std::int32_t t = io.query_start_loc[r]; t < io.query_start_loc[r + 1]; ++t) {
         const std::int32_t pos = io.positions[t];
-        for (std::int32_t head = 0; head < H; ++head) rope(&w.q[(static_cast<std::size_t>(t) * H + head) * hd], pos);
-        for (std::int32_t head = 0; head < KV; ++head) rope(&w.k[(static_cast<std::size_t>(t) * KV + head) * hd], pos);
+        for (std::int32_t head = 0; head < H; ++head) rope(&w.q[(static_cast<std::size_t>(t) * H + head) * hd], t);
+        for (std::int32_t head = 0; head < KV; ++head) rope(&w.k[(static_cast<std::size_t>(t) * KV + head) * hd], t);
         const std::size_t slot = kv_slot(r, pos);
         std::copy_n(&w.k[static_cast<std::size_t>(t) * kv_row], kv_row, &kc[slot * kv_row]);
         std::copy_n(&w.v[static_cast<std::size_t>(t) * kv_row], kv_row, &vc[slot * kv_row]);
       }
     }
-    // Causal attention over the request's context, read through its pages.
+    // Causal attention over the request's context, read through its pages
+    // (the page lookups once per request, not per head).
     for (std::int32_t r = 0; r < R; ++r) {
+      const std::int32_t context = io.seq_lens[r];
+      for (std::int32_t j = 0; j < context; ++j) w.slots[static_cast<std::size_t>(j)] = kv_slot(r, j);
       for (std::int32_t t = io.query_start_loc[r]; t < io.query_start_loc[r + 1]; ++t) {
         const std::int32_t pos = io.positions[t];
         for (std::int32_t head = 0; head < H; ++head) {
@@ -360,7 +376,7 @@ void llama_model::forward(const engine::ubatch_io& io, workspace& w) {
           const std::size_t kvh = static_cast<std::size_t>(head / group) * static_cast<std::size_t>(hd);
           float max_score = -INFINITY;
           for (std::int32_t j = 0; j <= pos; ++j) {
-            const float* k = &kc[kv_slot(r, j) * kv_row + kvh];
+            const float* k = &kc[w.slots[static_cast<std::size_t>(j)] * kv_row + kvh];
             float dot = 0;
             for (std::int32_t i = 0; i < hd; ++i) dot += q[i] * k[i];
             w.scores[static_cast<std::size_t>(j)] = dot * inv_sqrt;
@@ -372,7 +388,7 @@ void llama_model::forward(const engine::ubatch_io& io, workspace& w) {
           for (std::int32_t j = 0; j <= pos; ++j) {
             const float e = std::exp(w.scores[static_cast<std::size_t>(j)] - max_score);
             denom += e;
-            const float* v = &vc[kv_slot(r, j) * kv_row + kvh];
+            const float* v = &vc[w.slots[static_cast<std::size_t>(j)] * kv_row + kvh];
             for (std::int32_t i = 0; i < hd; ++i) out[i] += e * v[i];
           }
           for (std::int32_t i = 0; i < hd; ++i) out[i] /= denom;

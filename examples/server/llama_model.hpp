@@ -77,6 +77,7 @@ class llama_model final : public engine::step_model {
   std::shared_ptr<const llama_weights> weights_;
   std::int32_t kv_pages_;
   std::int32_t page_size_;
+  std::vector<float> inv_freq_;                        // rotary frequencies, head_dim / 2
   std::vector<std::vector<float>> k_cache_, v_cache_;  // per layer: [pages * page_size, kv_heads, head_dim]
   std::vector<std::unique_ptr<workspace>> workspaces_;   // per micro-batch slot
 };

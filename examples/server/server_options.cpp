@@ -54,6 +54,9 @@ continuously, tokens streamed back as server-sent events.
   --max-running N           most requests in the running batch (default 256)
   --kv-pages N              KV cache pages per rank: the memory limit (default 4096)
   --page-size N             tokens per KV page (default 16)
+  --token-budget N          tokens per engine step, fixed (default 0: tuned)
+  --min-token-budget N      the tuner's floor (default 256)
+  --target-step-ms N        the tuner keeps steps under this (default 50)
   --max-queue N             completion requests waiting for admission; one more
                             gets 503 with Retry-After (default 256)
   --max-connections N       open connections; one more gets 503 (default 1024)
@@ -95,6 +98,9 @@ server_options parse_server_options(int argc, char** argv) {
     else if (arg == "--max-running") o.engine.max_running = parse_int<std::int32_t>(arg, v, 1, i32max);
     else if (arg == "--kv-pages") o.engine.kv_pages = parse_int<std::int32_t>(arg, v, 1, i32max);
     else if (arg == "--page-size") o.engine.page_size = parse_int<std::int32_t>(arg, v, 1, 65536);
+    else if (arg == "--token-budget") o.engine.token_budget = parse_int<std::int32_t>(arg, v, 0, 1 << 20);
+    else if (arg == "--min-token-budget") o.engine.min_token_budget = parse_int<std::int32_t>(arg, v, 1, 8192);
+    else if (arg == "--target-step-ms") o.engine.target_step_time = ms(arg);
     else if (arg == "--max-queue") o.limits.max_waiting = parse_int<std::size_t>(arg, v, 1, size_max);
     else if (arg == "--max-connections") o.limits.max_connections = parse_int<std::size_t>(arg, v, 1, size_max);
     else if (arg == "--max-header-bytes") o.limits.max_header_bytes = parse_int<std::size_t>(arg, v, 256, size_max);
