@@ -40,7 +40,7 @@ struct graph_dispatcher_options {
 };
 
 /// Per-call placement: by key hash unless a stream is named.
-struct stream_options {
+struct stream_placement {
   std::optional<stream_index> stream{};
 };
 
@@ -75,7 +75,7 @@ class graph_dispatcher {
 
   /// One step's decision: route, pick the stream, look the graph up (a
   /// counted cache lookup). Allocation-free with the default policy.
-  decision dispatch(dispatch_key step, dispatch_options options = {}, stream_options placement = {}) {
+  decision dispatch(dispatch_key step, dispatch_options options = {}, stream_placement placement = {}) {
     decision d;
     d.route = router_.route(step, options);
     d.stream = placement.stream ? checked(*placement.stream) : stream_for(d.route.graph());

@@ -22,7 +22,7 @@
 #pragma once
 
 #include <cobatch/coro/task.hpp>
-#include <cobatch/engine/ubatch/detail/ubatch_runner.hpp>
+#include <cobatch/coro/detail/driver.hpp>
 #include <cobatch/engine/ubatch/detail/ubatch_step.hpp>
 #include <cobatch/engine/ubatch/ubatch_context.hpp>
 #include <cobatch/engine/ubatch/ubatch_slicing.hpp>
@@ -119,13 +119,23 @@ class ubatch_scheduler {
   }
 
  private:
+  // A deque element that builds a context in place: the context's
+  // constructor is private to the scheduler.
+  struct context_slot {
+    ubatch_context ctx;
+    template <class... A>
+    explicit context_slot(A&&... a) noexcept : ctx(std::forward<A>(a)...) {}
+  };
+
   struct step_guard {
     ubatch_scheduler* self;
     ~step_guard() { self->running_ = false; }
   };
 
+  // Micro-batch ctx.index()'s driver: it reports to the step (ubatch_step
+  // is its driver_owner) when fn's task returns or throws.
   template <class F, class Out>
-  static detail::ubatch_runner run_one(F& fn, ubatch_context& ctx, Out& out) {
+  static coro::detail::driver run_one(F& fn, ubatch_context& ctx, Out& out) {
     ctx.begin_trace();
     if constexpr (std::is_void_v<ubatch_value_t<F>>) {
       co_await fn(ctx);
@@ -137,7 +147,7 @@ class ubatch_scheduler {
 
   struct step_awaiter {
     detail::ubatch_step& step;
-    std::vector<detail::ubatch_runner>& runners;
+    std::vector<coro::detail::driver>& runners;
     bool await_ready() const noexcept { return false; }
     template <class P>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) {
@@ -147,10 +157,7 @@ class ubatch_scheduler {
         ex = parent.promise().executor();
         slot = parent.promise().cancellation_slot();
       }
-      for (auto& r : runners) {
-        r.handle().promise().set_executor(ex);
-        r.handle().promise().set_cancellation_slot(step.slot());
-      }
+      for (std::size_t i = 0; i < runners.size(); ++i) runners[i].bind(step, i, ex, step.slot());
       return step.start(parent, std::move(ex), slot);
     }
     void await_resume() const noexcept {}
@@ -165,8 +172,8 @@ class ubatch_scheduler {
     step_guard guard{this};
     detail::ubatch_step step(count, trace_);
     std::vector<slot_type> outputs(static_cast<std::size_t>(count));
-    std::deque<ubatch_context> contexts;
-    std::vector<detail::ubatch_runner> runners;
+    std::deque<context_slot> contexts;
+    std::vector<coro::detail::driver> runners;
     runners.reserve(static_cast<std::size_t>(count));
     std::vector<ubatch> slices;
     if (plan != nullptr) {
@@ -177,10 +184,7 @@ class ubatch_scheduler {
       contexts.emplace_back(step, i, compute_stream(i), comm_stream(i), compute_done_[i].ref(),
                             comm_done_[i].ref(), plan != nullptr ? &slices[i] : nullptr, trace_,
                             compute_lane(i), comm_lane(i));
-      runners.push_back(run_one(fn, contexts.back(), outputs[i]));
-      auto& p = runners.back().handle().promise();
-      p.step = &step;
-      p.index = i;
+      runners.push_back(run_one(fn, contexts.back().ctx, outputs[i]));
       step.set_runner(i, runners.back().handle());
     }
     co_await step_awaiter{step, runners};
