@@ -61,16 +61,19 @@ engine_loop::engine_loop(asio::any_io_executor executor, std::span<const engine_
       std::max<std::uint32_t>(1, std::min<std::uint32_t>(options_.graph_max_tokens > 0 ? options_.graph_max_tokens : 1,
                                                          static_cast<std::uint32_t>(max_budget)));
   dispatch_router router(capture_ladder::standard(ladder_top));
-  const std::int32_t segments = ranks_[0].model->segments();
+  const auto stages = ranks_[0].model->stages();
+  const bool whole = stages.size() == 1 && stages[0] == stage_kind::graph;
   if (options_.graph_max_tokens > 0) {
-    const dispatch_mode mode = segments == 1 ? dispatch_mode::full : dispatch_mode::piecewise;
+    // One graph stage is the whole forward pass (full); anything else is
+    // pieces between eager stages and collectives (piecewise).
+    const dispatch_mode mode = whole ? dispatch_mode::full : dispatch_mode::piecewise;
     for (std::uint32_t rung : router.ladder().sizes()) router.declare(mode, dispatch_key::for_tokens(rung));
   }
   planner_ = std::make_unique<step_planner>(popts, std::move(router));
   runner_options ropts;
   ropts.max_tokens = std::max<std::int32_t>(max_budget, static_cast<std::int32_t>(planner_->router().ladder().max_size()));
   ropts.max_reqs = popts.max_running;
-  ropts.block_stride = kv_page_pool::pages_for(popts.limits.max_context, popts.page_size, popts.dcp_world);
+  ropts.block_stride = kv_pages_for(popts.limits.max_context, popts.page_size, popts.dcp_world);
   ropts.max_ubatches = popts.ubatches.max;
   ropts.keep_logits = options_.keep_logits;
   ropts.dcp_world = popts.dcp_world;
@@ -297,6 +300,7 @@ coro::task<void> engine_loop::run() {
         }
       }
     }
+    const bool collected = prev != nullptr;
     if (prev != nullptr) {
       const bool ok = co_await collect(*prev);
       if (!ok) {
@@ -315,6 +319,16 @@ coro::task<void> engine_loop::run() {
       }
     }
     publish_gauges();
+    if (collected && !launched) continue;  // what it finished may let others run
+    if (!launched && prev == nullptr && planner_->live() > 0) {
+      // Nothing in flight and nothing planned while requests wait: only a
+      // planner bug gets here; say so instead of sleeping forever.
+      const planner_gauges g = planner_->gauges();
+      throw_engine_error(errc::no_capacity,
+                         detail::cat("engine_loop: ", planner_->live(), " requests cannot progress (waiting ", g.waiting,
+                                     ", running ", g.running, ", pages in use ", g.pages_in_use, " of ", g.pages_total,
+                                     ")"));
+    }
     if (!launched && prev == nullptr) {
       // Idle: sleep until a command arrives. reset() before looking, so a
       // set() after the look wakes the wait.

@@ -19,6 +19,8 @@ void check_options(const planner_options& o) {
     throw_engine_error(errc::invalid_argument, detail::cat("step_planner: ", what, " ", v, " ", rule));
   };
   if (o.max_running < 1) bad("max_running", o.max_running, "< 1");
+  if (o.num_pages < 1) bad("num_pages", o.num_pages, "< 1");
+  if (o.page_size < 1) bad("page_size", o.page_size, "< 1");
   if (o.dcp_world < 1) bad("dcp_world", o.dcp_world, "< 1");
   if (o.limits.max_context < 1) bad("limits.max_context", o.limits.max_context, "< 1");
   if (o.limits.vocab_size < 1) bad("limits.vocab_size", o.limits.vocab_size, "< 1");
@@ -40,9 +42,9 @@ void check_options(const planner_options& o) {
 step_planner::step_planner(planner_options options, dispatch_router router)
     : options_((check_options(options), options)),
       router_(std::move(router)),
-      pages_(options.num_pages, options.page_size),
+      pages_(options.num_pages),
       timing_(options.timing) {
-  max_pages_per_request_ = kv_page_pool::pages_for(options_.limits.max_context, options_.page_size, options_.dcp_world);
+  max_pages_per_request_ = kv_pages_for(options_.limits.max_context, options_.page_size, options_.dcp_world);
   seqs_.reserve(static_cast<std::size_t>(options_.max_running) * 2);
   running_.reserve(static_cast<std::size_t>(options_.max_running));
 }
@@ -63,11 +65,11 @@ bool step_planner::add(request_id id, generation_request request, step_updates& 
   std::string why;
   if (!ec) {
     const std::int64_t full = static_cast<std::int64_t>(request.prompt.size()) + request.max_tokens;
-    const std::int32_t need = kv_page_pool::pages_for(full, options_.page_size, options_.dcp_world);
-    if (need > pages_.total()) {
+    const std::int32_t need = kv_pages_for(full, options_.page_size, options_.dcp_world);
+    if (need > pages_.num_pages()) {
       ec = make_error_code(errc::no_capacity);
       why = detail::cat("step_planner: request ", id, " needs ", need, " KV pages for ", full,
-                        " tokens; the pool holds ", pages_.total());
+                        " tokens; the pool holds ", pages_.num_pages());
     }
   } else {
     try {
@@ -112,7 +114,7 @@ void step_planner::cancel(request_id id) {
 
 void step_planner::finish(std::uint32_t h, finish_reason why, step_updates& out, std::error_code ec, std::string detail) {
   seq& s = seqs_[h];
-  pages_.release(s.pages);
+  give_back(s.pages);
   if (s.state == seq_state::running) {
     running_.erase(std::find(running_.begin(), running_.end(), h));
   } else if (s.state == seq_state::waiting) {
@@ -125,6 +127,17 @@ void step_planner::finish(std::uint32_t h, finish_reason why, step_updates& out,
   s.stop_tokens.clear();
   free_seqs_.push_back(h);
   --live_;
+}
+
+void step_planner::take_pages(std::int32_t n, std::vector<std::int32_t>& pages) {
+  if (n <= 0) return;
+  pages_.allocate(n, pages);  // callers checked available() first
+  high_water_ = std::max(high_water_, pages_.num_pages() - pages_.available());
+}
+
+void step_planner::give_back(std::vector<std::int32_t>& pages) {
+  pages_.release(pages);
+  pages.clear();
 }
 
 void step_planner::enqueue_waiting(std::uint32_t h) {
@@ -143,7 +156,7 @@ void step_planner::insert_running(std::uint32_t h) {
 
 void step_planner::preempt(std::uint32_t h) {
   seq& s = seqs_[h];
-  pages_.release(s.pages);
+  give_back(s.pages);
   s.computed = 0;
   if (s.state == seq_state::running) running_.erase(std::find(running_.begin(), running_.end(), h));
   s.state = seq_state::waiting;
@@ -231,10 +244,10 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
     }
     const std::int32_t chunk = std::min(length - s.computed, left);
     const std::int32_t need =
-        kv_page_pool::pages_for(s.computed + chunk, options_.page_size, options_.dcp_world) -
+        kv_pages_for(s.computed + chunk, options_.page_size, options_.dcp_world) -
         static_cast<std::int32_t>(s.pages.size());
     bool self_preempted = false;
-    while (need > pages_.free_pages()) {
+    while (need > pages_.available()) {
       const std::uint32_t victim = running_.back();
       if (victim == h) {
         self_preempted = true;
@@ -248,7 +261,7 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
       preempt(h);
       break;  // it was the youngest: nobody after it
     }
-    pages_.allocate(need, s.pages);
+    take_pages(need, s.pages);
     schedule(h, chunk, plan);
     left -= chunk;
     ++i;
@@ -261,10 +274,10 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
     seq& s = seqs_[h];
     if (s.num_pending > 0) break;  // preempted while its last token is on the way
     const std::int32_t chunk = std::min(s.length() - s.computed, left);
-    const std::int32_t need = kv_page_pool::pages_for(s.computed + chunk, options_.page_size, options_.dcp_world) -
+    const std::int32_t need = kv_pages_for(s.computed + chunk, options_.page_size, options_.dcp_world) -
                               static_cast<std::int32_t>(s.pages.size());
-    if (need > pages_.free_pages()) break;
-    pages_.allocate(need, s.pages);
+    if (need > pages_.available()) break;
+    take_pages(need, s.pages);
     waiting_.pop_front();
     s.state = seq_state::running;
     insert_running(h);
@@ -366,8 +379,8 @@ void step_planner::fail(const step_plan& plan, std::error_code error, const std:
 }
 
 planner_gauges step_planner::gauges() const noexcept {
-  return {static_cast<std::int32_t>(waiting_.size()), static_cast<std::int32_t>(running_.size()), pages_.in_use(),
-          pages_.total(), pages_.high_water(), preemptions_, admissions_};
+  return {static_cast<std::int32_t>(waiting_.size()), static_cast<std::int32_t>(running_.size()),
+          pages_.num_pages() - pages_.available(), pages_.num_pages(), high_water_, preemptions_, admissions_};
 }
 
 }  // namespace cobatch::engine

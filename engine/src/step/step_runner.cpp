@@ -74,8 +74,14 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
                        detail::cat("step_runner: dcp_rank ", o.dcp_rank, " is not a rank of dcp_world ", o.dcp_world));
   const model_info info = model.info();
   if (info.vocab_size < 1) bad("model vocab_size", info.vocab_size, "< 1");
-  segments_ = model.segments();
-  if (segments_ < 1) bad("model segments()", segments_, "< 1");
+  const std::span<const stage_kind> stages = model.stages();
+  stages_.assign(stages.begin(), stages.end());
+  if (stages_.empty()) bad("model stages()", 0, "is empty");
+  for (std::size_t i = 0; i < stages_.size(); ++i) {
+    if (stages_[i] != stage_kind::graph && stages_[i] != stage_kind::eager && stages_[i] != stage_kind::collective)
+      throw_engine_error(errc::unknown_mode, detail::cat("step_runner: model stage ", i, " has an unknown stage_kind"));
+    if (stages_[i] == stage_kind::collective) collective_stage_.push_back(static_cast<std::int32_t>(i));
+  }
   inputs_ = persistent_inputs({o.check});
 
   const auto cap_t = static_cast<std::size_t>(o.max_tokens);
@@ -283,6 +289,7 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
       const staging& st = ep->stages[static_cast<std::size_t>(u)];
       const dispatch_route& route = plan.routes[static_cast<std::size_t>(u)];
       const ubatch_io& io = slots_[static_cast<std::size_t>(u)]->io;
+      const auto n_stages = static_cast<std::int32_t>(stages_.size());
       graph_entry<segment_graphs>* graph = nullptr;
       if (route.mode != dispatch_mode::eager) {
         graph_cache<segment_graphs>& cache = caches_[static_cast<std::size_t>(u)];
@@ -290,16 +297,18 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
         if (graph == nullptr) {
           // Captured on first use, over the slot's persistent buffers.
           segment_graphs g;
-          gpu::stream_ref s = ctx.current_stream();
-          for (std::int32_t seg = 0; seg < segments_; ++seg) {
+          gpu::stream_ref s = ctx.compute_stream();
+          g.stages.resize(stages_.size());
+          for (std::int32_t k = 0; k < n_stages; ++k) {
+            if (stages_[static_cast<std::size_t>(k)] != stage_kind::graph) continue;
             s.begin_capture();
             try {
-              model_->enqueue_segment(seg, io, st.run_tokens, s);
+              model_->enqueue_stage(k, io, st.run_tokens, s);
             } catch (...) {
               (void)s.end_capture();
               throw;
             }
-            g.segments.push_back(s.end_capture().instantiate());
+            g.stages[static_cast<std::size_t>(k)] = s.end_capture().instantiate();
           }
           g.inputs = inputs_.record_capture();
           graph = &cache.insert(route.graph(), captured_graph<segment_graphs>{std::move(g), 1});
@@ -311,19 +320,24 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
       } else {
         ++stats_.eager_runs;
       }
-      for (std::int32_t seg = 0; seg < segments_; ++seg) {
-        ctx.label(detail::cat("segment ", seg, graph ? " (graph)" : " (eager)"));
-        if (graph != nullptr) {
-          graph->graph().segments[static_cast<std::size_t>(seg)].launch(ctx.current_stream());
-        } else {
-          model_->enqueue_segment(seg, io, st.run_tokens, ctx.current_stream());
+      std::int32_t collectives = 0;
+      for (std::int32_t k = 0; k < n_stages; ++k) {
+        const stage_kind kind = stages_[static_cast<std::size_t>(k)];
+        if (kind == stage_kind::collective) {
+          if (ctx.current_role() != gpu::stream_role::communication) co_await ctx.switch_to_comm();
+          ctx.label(detail::cat("stage ", k, " collective"));
+          model_->enqueue_stage(k, io, st.run_tokens, ctx.current_stream());
+          const std::int32_t done = ++collectives;
+          ctx.current_stream().enqueue([ep, u, done] { ep->progress[static_cast<std::size_t>(u)].store(done); });
+          continue;
         }
-        if (seg + 1 < segments_) {
-          co_await ctx.switch_to_comm();
-          ctx.label(detail::cat("collective ", seg));
-          model_->enqueue_collective(seg, io, st.run_tokens, ctx.current_stream());
-          ctx.current_stream().enqueue([ep, u, seg] { ep->progress[static_cast<std::size_t>(u)].store(seg + 1); });
-          co_await ctx.switch_to_compute();
+        if (ctx.current_role() != gpu::stream_role::compute) co_await ctx.switch_to_compute();
+        if (kind == stage_kind::graph && graph != nullptr) {
+          ctx.label(detail::cat("stage ", k, " graph"));
+          graph->graph().stages[static_cast<std::size_t>(k)].launch(ctx.current_stream());
+        } else {
+          ctx.label(detail::cat("stage ", k, kind == stage_kind::graph ? " eager" : " eager (per step)"));
+          model_->enqueue_stage(k, io, st.run_tokens, ctx.current_stream());
         }
       }
     });
@@ -359,13 +373,13 @@ coro::task<step_outputs> step_runner::collect(step_ticket ticket) {
   if (ec) {
     ++stats_.failures;
     std::string what = "device work";
-    if (segments_ > 1) {
-      for (std::int32_t u = 0; u < e.num_ubatches; ++u) {
-        const std::int32_t done = e.progress[static_cast<std::size_t>(u)].load();
-        if (done < segments_ - 1) {
-          what = detail::cat("the collective after segment ", done, " of micro-batch ", u);
-          break;
-        }
+    const auto collectives = static_cast<std::int32_t>(collective_stage_.size());
+    for (std::int32_t u = 0; u < e.num_ubatches && collectives > 0; ++u) {
+      const std::int32_t done = e.progress[static_cast<std::size_t>(u)].load();
+      if (done < collectives) {
+        what = detail::cat("the collective at stage ", collective_stage_[static_cast<std::size_t>(done)],
+                           " of micro-batch ", u, " (or compute before it)");
+        break;
       }
     }
     throw_engine_error(errc::ubatch_failed, detail::cat("step_runner: step ", ticket.step, " on rank ", options_.dcp_rank,

@@ -38,6 +38,8 @@ ncclDataType_t to_nccl(data_type t) {
     case data_type::i32: return ncclInt32;
     case data_type::i64: return ncclInt64;
     case data_type::u8: return ncclUint8;
+    case data_type::bf16: return ncclBfloat16;
+    case data_type::f16: return ncclFloat16;
   }
   throw std::system_error(make_error_code(errc::invalid_argument), "cobatch: unknown data_type");
 }

@@ -8,11 +8,14 @@
 // from step to step (real tokens, requests) come from io.counts, so one
 // captured graph serves every step padded to the same rung.
 //
-// A forward pass is a sequence of segments with a collective between each
-// two (decode-context parallelism's all-gather of attention partials, an
-// all-to-all of experts...). The runner runs segments on the compute stream
-// and collectives on the communication stream, switching micro-batches at
-// each, and captures segments as graphs where the dispatch route says so.
+// A forward pass is a sequence of stages (vLLM's piecewise split): graph
+// stages read only persistent buffers and are captured and replayed where the
+// dispatch route says so; eager stages depend on the step's host-side plan
+// (attention, whose work partition changes every step) and are enqueued every
+// time; collectives (decode-context parallelism's exchange of attention
+// partials, an all-to-all of experts) run on the communication stream. The
+// runner switches micro-batches where a collective begins and ends, so that
+// one micro-batch's collective overlaps another's compute.
 // The model stays outside the engine library: cobatch is the engine.
 #pragma once
 
@@ -21,6 +24,7 @@
 #include <cobatch/gpu/stream.hpp>
 
 #include <cstdint>
+#include <span>
 
 namespace cobatch::engine {
 
@@ -51,6 +55,12 @@ struct ubatch_io {
   float* logits = nullptr;          ///< [step slot x vocab] sampled rows' logits, or null when not kept
 };
 
+enum class stage_kind : std::uint8_t {
+  graph,       ///< compute over persistent buffers only: captured and replayed under a graph route
+  eager,       ///< compute that depends on this step's host-side plan: always enqueued
+  collective,  ///< communication, on the communication stream
+};
+
 struct model_info {
   std::int32_t vocab_size = 0;
   std::int32_t max_context = 0;
@@ -64,29 +74,28 @@ class step_model {
   virtual ~step_model() = default;
 
   virtual model_info info() const = 0;
-  /// Segments of one forward pass, >= 1 (collectives between them).
-  virtual std::int32_t segments() const = 0;
+  /// The stages of one forward pass, in order; at least one. The span stays
+  /// valid and unchanged for the model's life.
+  virtual std::span<const stage_kind> stages() const = 0;
 
   /// Called once per slot before its first step: size the slot's workspace
   /// for io.capacity_tokens rows; the pointers in `io` stay valid for good.
   virtual void bind(const ubatch_io& io) = 0;
 
   /// Host-side planning for one micro-batch of a step (attention plans),
-  /// before any of its segments is enqueued; may enqueue copies of what it
-  /// plans on `s`, ahead of the segments. Called whether the micro-batch then
-  /// replays a graph or runs eagerly.
+  /// before any of its stages is enqueued; may enqueue copies of what it
+  /// plans on `s`, ahead of the stages. Called whether the micro-batch then
+  /// replays graphs or runs eagerly. `step` stays unchanged until the step
+  /// is collected.
   virtual void plan(const step_plan& step, std::int32_t index, const ubatch& slice, const ubatch_io& io,
                     gpu::stream_ref s) = 0;
 
-  /// Enqueues segment `segment` for `run_tokens` rows (the padded size under
-  /// a graph, the real one eagerly) of slot io.slot on `s`. May be called
-  /// while `s` is capturing: then it must only enqueue work that reads the
-  /// slot's persistent buffers and the model's own.
-  virtual void enqueue_segment(std::int32_t segment, const ubatch_io& io, std::int32_t run_tokens,
-                               gpu::stream_ref s) = 0;
-  /// Enqueues the collective that follows segment `after_segment` on `s`.
-  virtual void enqueue_collective(std::int32_t after_segment, const ubatch_io& io, std::int32_t run_tokens,
-                                  gpu::stream_ref s) = 0;
+  /// Enqueues stage `stage` for `run_tokens` rows (the padded size under a
+  /// graph route, the real one eagerly) of slot io.slot on `s` (the compute
+  /// stream, or the communication stream for a collective). A graph stage
+  /// may be enqueued while `s` is capturing: then it must only enqueue work
+  /// that reads the slot's persistent buffers and the model's own.
+  virtual void enqueue_stage(std::int32_t stage, const ubatch_io& io, std::int32_t run_tokens, gpu::stream_ref s) = 0;
 
   /// A step failed: make the next one possible (e.g. abort and renew the
   /// communicators its collectives use). Called after its streams drained.

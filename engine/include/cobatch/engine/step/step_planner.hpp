@@ -24,7 +24,8 @@
 #pragma once
 
 #include <cobatch/engine/dispatch/dispatch_router.hpp>
-#include <cobatch/engine/step/kv_page_pool.hpp>
+#include <cobatch/engine/attention/dcp.hpp>
+#include <cobatch/engine/attention/paged_kv_cache.hpp>
 #include <cobatch/engine/step/request.hpp>
 #include <cobatch/engine/step/step_plan.hpp>
 #include <cobatch/engine/ubatch/ubatch_sizing.hpp>
@@ -40,6 +41,14 @@
 
 namespace cobatch::engine {
 
+/// KV pages a request of `tokens` tokens holds on each rank when
+/// decode-context parallelism deals its tokens over `dcp_world` ranks one by
+/// one: as many as the largest shard (rank 0's) needs, so one block table row
+/// serves every rank (a rank with a shorter shard uses a prefix of it).
+constexpr std::int32_t kv_pages_for(std::int64_t tokens, std::int32_t page_size, std::int32_t dcp_world) noexcept {
+  return page_pool::pages_for(dcp_layout{dcp_world, 0, 1}.local_length(tokens), page_size);
+}
+
 struct planner_options {
   std::int32_t max_running = 256;   ///< requests in one step, >= 1
   std::int32_t num_pages = 1024;    ///< KV pages per rank, >= 1
@@ -49,7 +58,7 @@ struct planner_options {
   ubatch_count_limits ubatches{1, 2};
   slice_policy slicing{};
   /// Activation memory of a step; activation_bytes_per_token 0 leaves it out.
-  device_memory activations{};
+  activation_memory activations{};
   timing_options timing{.target_step_time = std::chrono::milliseconds(50)};
   /// Times a request is re-run after a step it was in failed, before it
   /// finishes as failed.
@@ -123,7 +132,8 @@ class step_planner {
   /// Requests not finished yet (waiting or running).
   std::size_t live() const noexcept { return live_; }
   const planner_options& options() const noexcept { return options_; }
-  const kv_page_pool& pages() const noexcept { return pages_; }
+  const page_pool& pages() const noexcept { return pages_; }
+  std::int32_t pages_high_water() const noexcept { return high_water_; }
   const dispatch_router& router() const noexcept { return router_; }
 
  private:
@@ -156,6 +166,8 @@ class step_planner {
   std::uint32_t new_seq();
   void finish(std::uint32_t h, finish_reason why, step_updates& out, std::error_code ec = {}, std::string detail = {});
   void preempt(std::uint32_t h);
+  void take_pages(std::int32_t n, std::vector<std::int32_t>& pages);
+  void give_back(std::vector<std::int32_t>& pages);
   void enqueue_waiting(std::uint32_t h);
   void insert_running(std::uint32_t h);
   bool schedule(std::uint32_t h, std::int32_t chunk, step_plan& plan);
@@ -163,7 +175,8 @@ class step_planner {
 
   planner_options options_;
   dispatch_router router_;
-  kv_page_pool pages_;
+  page_pool pages_;
+  std::int32_t high_water_ = 0;
   step_timing_model timing_;
   std::vector<seq> seqs_;
   std::vector<std::uint32_t> free_seqs_;

@@ -4,9 +4,9 @@
 //
 //   [start mark] [copy-in: staged inputs -> persistent buffers, zero padding,
 //   token references resolved from the previous step's outputs]
-//   micro-batch 0 and 1, interleaved by ubatch_scheduler: per segment a
-//   graph replay (captured on first use) or eager work, and between segments
-//   the collective on the communication stream
+//   micro-batch 0 and 1, interleaved by ubatch_scheduler: per graph stage a
+//   replay (captured on first use) or eager work, eager stages (attention),
+//   and collectives on the communication stream between switch points
 //   [copy-out: sampled tokens (and logits) -> the step's host slot] [end mark]
 //
 // launch() returns once all of that is enqueued, without waiting for the
@@ -86,9 +86,10 @@ struct runner_stats {
   std::uint64_t failures = 0;
 };
 
-/// Graphs of one micro-batch slot at one padded size: one per segment.
+/// Graphs of one micro-batch slot at one padded size: one per graph stage
+/// (empty for the others).
 struct segment_graphs {
-  std::vector<gpu::graph_exec> segments;
+  std::vector<gpu::graph_exec> stages;
   capture_record inputs;
 };
 
@@ -150,7 +151,8 @@ class step_runner {
   gpu::device* device_;
   step_model* model_;
   runner_options options_;
-  std::int32_t segments_ = 1;
+  std::vector<stage_kind> stages_;
+  std::vector<std::int32_t> collective_stage_;  // stage of the k-th collective
   std::unique_ptr<gpu::stream_pool> pool_;
   std::unique_ptr<ubatch_scheduler> scheduler_;
   timeline* trace_ = nullptr;
