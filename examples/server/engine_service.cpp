@@ -69,7 +69,8 @@ struct engine_service::impl {
     loop.attach(reactor);
     std::vector<gpu::device*> raw;
     for (std::int32_t r = 0; r < options.dcp_ranks; ++r) {
-      devices.push_back(std::make_unique<gpu::host::host_device>(reactor));
+      devices.push_back(std::make_unique<gpu::host::host_device>(
+          reactor, gpu::host::device_options{"host rank " + std::to_string(r), r, std::size_t{1} << 30}));
       raw.push_back(devices.back().get());
     }
     model = load_model(options, raw);

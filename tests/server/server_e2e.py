@@ -713,6 +713,24 @@ def check_safetensors(binary):
     expect(r.returncode == 0 and "--max-queue" in r.stdout and "--dcp-ranks" in r.stdout, "--help")
 
 
+def check_dcp_ranks(binary):
+    """Two decode-context-parallel ranks in the process, two micro-batches."""
+    srv = server(binary, "--dcp-ranks", "2", "--micro-batches", "2", name="dcp")
+    try:
+        c = srv.client()
+        args = dict(model=srv.model, prompt="split over two ranks", max_tokens=24, temperature=0.8, seed=5)
+        alone = c.completions.create(**args)
+        expect(alone.usage.completion_tokens >= 1, f"dcp completion {alone}")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            texts = list(pool.map(lambda i: c.completions.create(**args).choices[0].text, range(8),
+                                  timeout=STEP_TIMEOUT))
+        expect(all(t == alone.choices[0].text for t in texts), "dcp: same seed, same text under load")
+        wait_idle(srv)
+    finally:
+        code = srv.stop()
+    expect(code == 0, f"dcp server exit status {code}")
+
+
 # --------------------------------------------------------------------------
 
 
@@ -762,6 +780,7 @@ def main():
         else:
             print("ok    exit_status (0 after SIGTERM)", flush=True)
     run("safetensors_and_command_line", check_safetensors, binary)
+    run("dcp_ranks", check_dcp_ranks, binary)
     run("overload", check_overload, binary)
     run("sigterm_under_load", check_sigterm_under_load, binary)
 
