@@ -657,12 +657,13 @@ def check_sigterm_under_load(binary):
         pass
 
 
-def write_safetensors(path, vocab=258, dim=32, layers=1, heads=2, kv_heads=1, ffn=64, seed=7):
-    """A small Llama in safetensors form (F32, Hugging Face names), from a seed."""
+def write_safetensors(path, vocab=259, dim=128, layers=2, heads=2, kv_heads=1, ffn=256, seed=7):
+    """The reference model's shape (llama_config::tiny) in safetensors form
+    (F32, Hugging Face names), with weights from a seed."""
     import random
     import struct
     rng = random.Random(seed)
-    hd = dim // heads
+    hd = 64
     shapes = {"model.embed_tokens.weight": [vocab, dim], "model.norm.weight": [dim], "lm_head.weight": [vocab, dim]}
     for l in range(layers):
         p = f"model.layers.{l}."
