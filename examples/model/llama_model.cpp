@@ -134,8 +134,9 @@ void llama_model::plan(const engine::step_plan& step, std::int32_t, const engine
   for (std::int32_t j = slice.req_begin; j < slice.req_end; ++j) {
     const std::int32_t seq = slice.seq_lens[static_cast<std::size_t>(j - slice.req_begin)];
     const std::int32_t pages = engine::page_pool::pages_for(layout.local_length(seq), options_.page_size);
-    const auto row = step.block_table.begin() + static_cast<std::ptrdiff_t>(j) * step.block_stride;
-    table.add_request(std::span<const std::int32_t>(&*row, static_cast<std::size_t>(pages)));
+    const std::int32_t first = step.block_indptr[static_cast<std::size_t>(j)];
+    table.add_request(std::span<const std::int32_t>(step.block_indices).subspan(static_cast<std::size_t>(first),
+                                                                                static_cast<std::size_t>(pages)));
   }
   engine::attention_plan& p = sl.plans[sl.parity];
   sl.attention->plan({slice.as_batch(), table.view()}, p);

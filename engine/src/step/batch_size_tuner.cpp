@@ -19,6 +19,8 @@ batch_size_tuner::batch_size_tuner(const tuner_options& o) : options_(o) {
   if (!(o.ema_alpha > 0.0 && o.ema_alpha <= 1.0)) bad("ema_alpha", o.ema_alpha, "is outside (0, 1]");
   if (o.probe_interval < 1) bad("probe_interval", o.probe_interval, "< 1");
   if (o.stale_after < 1) bad("stale_after", o.stale_after, "< 1");
+  if (o.probe_samples < 1) bad("probe_samples", o.probe_samples, "< 1");
+  if (o.initial_stride < 1) bad("initial_stride", o.initial_stride, "< 1");
   double b = o.min_budget;
   while (true) {
     const auto v = static_cast<std::int32_t>(std::lround(b));
@@ -29,15 +31,16 @@ batch_size_tuner::batch_size_tuner(const tuner_options& o) : options_(o) {
   grid_.push_back(o.max_budget);
   for (auto& p : phases_) {
     p.points.resize(grid_.size());
-    // Start low: a small step always meets the target, and the climb up is
+    // Start low: a small step always meets the target, and the search up is
     // what finds where throughput stops growing.
     p.current = 0;
-    p.next = 0;
+    p.stride = std::max<std::int32_t>(1, std::min<std::int32_t>(o.initial_stride, static_cast<std::int32_t>(grid_.size()) / 2));
   }
 }
 
 std::int32_t batch_size_tuner::budget(step_phase phase) const noexcept {
-  return grid_[static_cast<std::size_t>(phases_[static_cast<std::size_t>(phase)].next)];
+  const phase_state& p = phases_[static_cast<std::size_t>(phase)];
+  return grid_[static_cast<std::size_t>(p.probe >= 0 ? p.probe : p.current)];
 }
 
 std::int32_t batch_size_tuner::best(step_phase phase) const noexcept {
@@ -51,12 +54,10 @@ std::int32_t batch_size_tuner::nearest(std::int32_t tokens) const noexcept {
   return static_cast<std::int32_t>(it - grid_.begin());
 }
 
-double batch_size_tuner::score(const phase_state& p, std::int32_t i) const noexcept {
-  const point& x = p.points[static_cast<std::size_t>(i)];
-  if (x.at == 0) return std::numeric_limits<double>::quiet_NaN();  // unknown
+double batch_size_tuner::score(double ns, double tokens) const noexcept {
   const double target = static_cast<double>(options_.target_step_time.count());
-  if (x.ns > target) return -x.ns;  // over the target: worse than any feasible budget, less bad when faster
-  return x.tokens / std::max(x.ns, 1.0);
+  if (ns > target) return -ns;  // over the target: worse than any budget within it, less bad when faster
+  return tokens / std::max(ns, 1.0);
 }
 
 void batch_size_tuner::record(step_phase phase, std::int32_t budget, std::int32_t tokens,
@@ -69,11 +70,18 @@ void batch_size_tuner::record(step_phase phase, std::int32_t budget, std::int32_
     throw_engine_error(errc::unknown_mode, "batch_size_tuner::record: unknown step_phase");
   phase_state& p = phases_[static_cast<std::size_t>(phase)];
   ++p.steps;
-  // A step that filled (nearly) all of its budget speaks for that budget;
-  // one that ran out of work speaks for its own size.
-  const std::int32_t i = tokens * 10 >= budget * 9 ? nearest(budget) : nearest(tokens);
-  point& x = p.points[static_cast<std::size_t>(i)];
   const auto ns = static_cast<double>(elapsed.count());
+  const bool full = tokens * 10 >= budget * 9;
+  // A step that filled its budget speaks for that budget; one that ran out
+  // of work only for its own size, and judges no probe.
+  const std::int32_t i = full ? nearest(budget) : nearest(tokens);
+  if (p.probe >= 0 && full && i == p.probe) {
+    p.probe_ns += ns;
+    p.probe_tokens += tokens;
+    if (++p.probe_count >= options_.probe_samples) judge_probe(p);
+    return;
+  }
+  point& x = p.points[static_cast<std::size_t>(i)];
   if (x.at == 0 || p.steps - x.at > static_cast<std::uint64_t>(options_.stale_after)) {
     x.ns = ns;
     x.tokens = tokens;
@@ -82,48 +90,61 @@ void batch_size_tuner::record(step_phase phase, std::int32_t budget, std::int32_
     x.tokens += options_.ema_alpha * (tokens - x.tokens);
   }
   x.at = p.steps;
-  decide(p);
+  if (i != p.current || p.probe >= 0) return;
+  // The current budget went over the target: step down at once.
+  if (x.ns > static_cast<double>(options_.target_step_time.count()) && p.current > 0) {
+    p.current = std::max(0, p.current - std::max(1, p.stride));
+    p.searching = true;
+    return;
+  }
+  if (p.searching || ++p.since_probe >= options_.probe_interval) start_probe(p);
 }
 
-void batch_size_tuner::decide(phase_state& p) noexcept {
+void batch_size_tuner::start_probe(phase_state& p) noexcept {
   const auto last = static_cast<std::int32_t>(grid_.size() - 1);
-  const double here = score(p, p.current);
-  // Where the last probe went: take it if it beats the current budget, and
-  // keep climbing that way.
-  if (p.next != p.current) {
-    const std::int32_t probed = p.next;
-    const double there = score(p, probed);
-    if (!std::isnan(there) && (std::isnan(here) || there > here)) {
-      p.direction = probed > p.current ? 1 : -1;
-      p.current = probed;
-      const std::int32_t further = p.current + p.direction;
-      p.next = further >= 0 && further <= last ? further : p.current;
-      p.since_probe = 0;
-      return;
+  std::int32_t to = p.current + p.direction * p.stride;
+  if (to < 0 || to > last) {
+    p.direction = -p.direction;
+    to = std::clamp(p.current + p.direction * p.stride, 0, last);
+  }
+  p.since_probe = 0;
+  if (to == p.current) return;
+  p.probe = to;
+  p.probe_ns = p.probe_tokens = 0.0;
+  p.probe_count = 0;
+}
+
+void batch_size_tuner::judge_probe(phase_state& p) noexcept {
+  const point& here = p.points[static_cast<std::size_t>(p.current)];
+  const double mine = here.at == 0 ? -1e300 : score(here.ns, here.tokens);
+  const double theirs = score(p.probe_ns / p.probe_count, p.probe_tokens / p.probe_count);
+  point& there = p.points[static_cast<std::size_t>(p.probe)];
+  there.ns = p.probe_ns / p.probe_count;
+  there.tokens = p.probe_tokens / p.probe_count;
+  there.at = p.steps;
+  const std::int32_t probed = p.probe;
+  p.probe = -1;
+  if (theirs > mine) {
+    // Keep going that way at the same stride; after a settled probe wins,
+    // the cost has changed: search again, wider.
+    p.current = probed;
+    p.losses = 0;
+    if (!p.searching) {
+      p.searching = true;
+      p.stride = std::max(p.stride, 4);
     }
-    p.next = p.current;
-    p.direction = -p.direction;  // the other side next time
-    p.since_probe = 0;
-    return;
-  }
-  // The current budget went over the target: step down at once.
-  if (!std::isnan(here) && here < 0 && p.current > 0) {
-    p.current -= 1;
-    p.next = p.current;
-    p.direction = -1;
-    return;
-  }
-  // Before the first settle, climb continuously; afterwards probe now and then.
-  const bool unexplored_up = p.current < last && p.points[static_cast<std::size_t>(p.current + 1)].at == 0;
-  if (unexplored_up || ++p.since_probe >= options_.probe_interval) {
-    std::int32_t to = p.current + (unexplored_up ? 1 : p.direction);
-    if (to < 0 || to > last) {
-      p.direction = -p.direction;
-      to = p.current + p.direction;
+  } else {
+    p.direction = -p.direction;
+    if (++p.losses >= 2) {  // both sides lost: look closer
+      p.losses = 0;
+      if (p.stride == 1) {
+        p.searching = false;
+      } else {
+        p.stride = std::max(1, p.stride / 2);
+      }
     }
-    if (to >= 0 && to <= last) p.next = to;
-    p.since_probe = 0;
   }
+  if (p.searching) start_probe(p);
 }
 
 }  // namespace cobatch::engine

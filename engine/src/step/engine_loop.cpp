@@ -10,10 +10,23 @@
 #include <algorithm>
 #include <exception>
 
+#include <time.h>
+
 namespace cobatch::engine {
 
 namespace {
 using clock = std::chrono::steady_clock;
+
+// CPU time of the calling thread: what the loop spends, not what it waits.
+std::chrono::nanoseconds thread_cpu() noexcept {
+#if defined(__linux__)
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+#else
+  return clock::now().time_since_epoch();
+#endif
+}
 
 std::string describe(std::exception_ptr e) {
   try {
@@ -73,7 +86,7 @@ engine_loop::engine_loop(asio::any_io_executor executor, std::span<const engine_
   runner_options ropts;
   ropts.max_tokens = std::max<std::int32_t>(max_budget, static_cast<std::int32_t>(planner_->router().ladder().max_size()));
   ropts.max_reqs = popts.max_running;
-  ropts.block_stride = kv_pages_for(popts.limits.max_context, popts.page_size, popts.dcp_world);
+  ropts.max_pages = popts.num_pages;
   ropts.max_ubatches = popts.ubatches.max;
   ropts.keep_logits = options_.keep_logits;
   ropts.dcp_world = popts.dcp_world;
@@ -221,6 +234,7 @@ coro::task<bool> engine_loop::collect(in_flight& f) {
     last_failure_ = error ? describe(error) : detail::cat("step ", f.plan->step, ": ", mismatch);
     co_return false;
   }
+  const auto cpu0 = thread_cpu();
   const step_plan& plan = *f.plan;
   planner_->commit(plan, first.sampled, updates_);
   deliver(updates_);
@@ -234,6 +248,7 @@ coro::task<bool> engine_loop::collect(in_flight& f) {
   report.outputs = first;
   report.host_plan = f.host_plan;
   report.host_launch = f.host_launch;
+  report.host_cpu = f.host_cpu + (thread_cpu() - cpu0);
   if (last_device_end_ != clock::time_point{} && first.device_begin > last_device_end_)
     report.device_gap = first.device_begin - last_device_end_;
   last_device_end_ = first.device_end;
@@ -281,6 +296,7 @@ coro::task<void> engine_loop::run() {
     in_flight& f = flights[cursor];
     bool launched = false;
     if (planner_->live() > 0) {
+      const auto cpu0 = thread_cpu();
       const auto t0 = clock::now();
       const step_phase phase = planner_->gauges().waiting > 0 ? step_phase::prefill : step_phase::decode;
       const std::int32_t budget = options_.fixed_budget ? *options_.fixed_budget : tuner_.budget(phase);
@@ -292,6 +308,7 @@ coro::task<void> engine_loop::run() {
         ++plan_cursor_;
         launched = co_await launch(plan, f);
         f.host_launch = clock::now() - t1;
+        f.host_cpu = thread_cpu() - cpu0;
         if (!launched) {
           co_await recover(prev, &f);
           prev = nullptr;

@@ -44,7 +44,6 @@ step_planner::step_planner(planner_options options, dispatch_router router)
       router_(std::move(router)),
       pages_(options.num_pages),
       timing_(options.timing) {
-  max_pages_per_request_ = kv_pages_for(options_.limits.max_context, options_.page_size, options_.dcp_world);
   seqs_.reserve(static_cast<std::size_t>(options_.max_running) * 2);
   running_.reserve(static_cast<std::size_t>(options_.max_running));
 }
@@ -89,7 +88,8 @@ bool step_planner::add(request_id id, generation_request request, step_updates& 
   s.state = seq_state::waiting;
   s.prompt_len = static_cast<std::int32_t>(request.prompt.size());
   s.tokens = std::move(request.prompt);
-  s.tokens.reserve(static_cast<std::size_t>(s.prompt_len + request.max_tokens));
+  // Room for the first outputs; a long generation grows it as it goes.
+  s.tokens.reserve(static_cast<std::size_t>(s.prompt_len + std::min(request.max_tokens, 256)));
   s.max_tokens = request.max_tokens;
   s.computed = 0;
   s.generated = 0;
@@ -109,11 +109,15 @@ bool step_planner::add(request_id id, generation_request request, step_updates& 
 
 void step_planner::cancel(request_id id) {
   auto it = by_id_.find(id);
-  if (it != by_id_.end()) seqs_[it->second].cancel_requested = true;
+  if (it != by_id_.end() && !seqs_[it->second].cancel_requested) {
+    seqs_[it->second].cancel_requested = true;
+    ++cancels_pending_;
+  }
 }
 
 void step_planner::finish(std::uint32_t h, finish_reason why, step_updates& out, std::error_code ec, std::string detail) {
   seq& s = seqs_[h];
+  if (s.cancel_requested) --cancels_pending_;
   give_back(s.pages);
   if (s.state == seq_state::running) {
     running_.erase(std::find(running_.begin(), running_.end(), h));
@@ -171,17 +175,18 @@ bool step_planner::schedule(std::uint32_t h, std::int32_t chunk, step_plan& plan
   const bool samples = s.computed + chunk == length;
   plan.requests.push_back({s.id, h, plan.num_tokens, chunk, s.computed, samples ? s.generated : -1, s.sampling});
   const auto known = static_cast<std::int32_t>(s.tokens.size());
-  for (std::int32_t t = s.computed; t < s.computed + chunk; ++t) {
-    // Only the last token can be unknown: the one the previous step samples.
-    plan.token_ids.push_back(t < known ? s.tokens[static_cast<std::size_t>(t)] : token_ref(s.pending[s.num_pending - 1].slot));
-    plan.positions.push_back(t);
-  }
+  const std::int32_t end = s.computed + chunk;
+  const std::int32_t known_end = std::min(end, known);
+  if (known_end > s.computed)
+    plan.token_ids.insert(plan.token_ids.end(), s.tokens.begin() + s.computed, s.tokens.begin() + known_end);
+  // Only the last token can be unknown: the one the previous step samples.
+  if (end > known) plan.token_ids.push_back(token_ref(s.pending[s.num_pending - 1].slot));
+  for (std::int32_t t = s.computed; t < end; ++t) plan.positions.push_back(t);
   plan.num_tokens += chunk;
   plan.query_start_loc.push_back(plan.num_tokens);
   plan.seq_lens.push_back(s.computed + chunk);
-  const std::size_t row = plan.block_table.size();
-  plan.block_table.resize(row + static_cast<std::size_t>(plan.block_stride), -1);
-  std::copy(s.pages.begin(), s.pages.end(), plan.block_table.begin() + static_cast<std::ptrdiff_t>(row));
+  plan.block_indices.insert(plan.block_indices.end(), s.pages.begin(), s.pages.end());
+  plan.block_indptr.push_back(static_cast<std::int32_t>(plan.block_indices.size()));
   s.computed += chunk;
   s.scheduled_in = plan.step;
   if (samples) {
@@ -200,13 +205,13 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
   plan.num_tokens = 0;
   plan.dcp_world = options_.dcp_world;
   plan.page_size = options_.page_size;
-  plan.block_stride = max_pages_per_request_;
   plan.requests.clear();
   plan.token_ids.clear();
   plan.positions.clear();
   plan.query_start_loc.assign(1, 0);
   plan.seq_lens.clear();
-  plan.block_table.clear();
+  plan.block_indptr.assign(1, 0);
+  plan.block_indices.clear();
   plan.routes.clear();
   plan.admitted.clear();
   plan.preempted.clear();
@@ -221,10 +226,12 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
 
   // 1. Cancelled requests leave; the step that may still read their pages was
   // issued before this one, so the pages are safe to hand out again.
-  scratch_.clear();
-  for (std::uint32_t h : running_) if (seqs_[h].cancel_requested) scratch_.push_back(h);
-  for (std::uint32_t h : waiting_) if (seqs_[h].cancel_requested) scratch_.push_back(h);
-  for (std::uint32_t h : scratch_) finish(h, finish_reason::cancelled, out);
+  if (cancels_pending_ > 0) {  // a scan of every request only when one asked to leave
+    scratch_.clear();
+    for (std::uint32_t h : running_) if (seqs_[h].cancel_requested) scratch_.push_back(h);
+    for (std::uint32_t h : waiting_) if (seqs_[h].cancel_requested) scratch_.push_back(h);
+    for (std::uint32_t h : scratch_) finish(h, finish_reason::cancelled, out);
+  }
 
   const auto max_reqs = static_cast<std::size_t>(options_.max_running);
   // 2. Running requests, oldest first.

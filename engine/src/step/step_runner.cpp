@@ -23,18 +23,18 @@ std::span<const std::byte> cbytes_of(const std::vector<T>& v) {
 
 // One micro-batch slot's persistent buffers: sized once, never moved.
 struct step_runner::slot_buffers {
-  std::vector<std::int32_t> token_src, token_ids, positions, query_start_loc, seq_lens, block_table, req_slots,
+  std::vector<std::int32_t> token_src, token_ids, positions, query_start_loc, seq_lens, block_indptr, block_indices, req_slots,
       sample_rows, sample_index, counts, dcp;
   std::vector<float> temperature, top_p;
   std::vector<std::uint64_t> seed;
   // Ids in persistent_inputs, in the order stage() lists its inputs.
-  std::array<buffer_id, 14> ids{};
+  std::array<buffer_id, 15> ids{};
   ubatch_io io;
 };
 
 // One micro-batch's inputs of one step, staged on the host.
 struct step_runner::staging {
-  std::vector<std::int32_t> token_src, positions, query_start_loc, seq_lens, block_table, req_slots, sample_rows,
+  std::vector<std::int32_t> token_src, positions, query_start_loc, seq_lens, block_indptr, block_indices, req_slots, sample_rows,
       sample_index, counts, dcp;
   std::vector<float> temperature, top_p;
   std::vector<std::uint64_t> seed;
@@ -66,7 +66,7 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
   };
   if (o.max_tokens < 1) bad("max_tokens", o.max_tokens, "< 1");
   if (o.max_reqs < 1) bad("max_reqs", o.max_reqs, "< 1");
-  if (o.block_stride < 1) bad("block_stride", o.block_stride, "< 1");
+  if (o.max_pages < 1) bad("max_pages", o.max_pages, "< 1");
   if (o.max_ubatches < 1) bad("max_ubatches", o.max_ubatches, "< 1");
   if (o.ring < 1) bad("ring", o.ring, "< 1");
   if (o.dcp_world < 1 || o.dcp_rank < 0 || o.dcp_rank >= o.dcp_world)
@@ -93,7 +93,8 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
     b->positions.assign(cap_t, 0);
     b->query_start_loc.assign(cap_r + 1, 0);
     b->seq_lens.assign(cap_r, 0);
-    b->block_table.assign(cap_r * static_cast<std::size_t>(o.block_stride), -1);
+    b->block_indptr.assign(cap_r + 1, 0);
+    b->block_indices.assign(static_cast<std::size_t>(o.max_pages), -1);
     b->req_slots.assign(cap_r, 0);
     b->sample_rows.assign(cap_r, -1);
     b->sample_index.assign(cap_r, 0);
@@ -108,7 +109,8 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
     b->ids[k++] = inputs_.add(p + "positions", bytes_of(b->positions));
     b->ids[k++] = inputs_.add(p + "query_start_loc", bytes_of(b->query_start_loc));
     b->ids[k++] = inputs_.add(p + "seq_lens", bytes_of(b->seq_lens));
-    b->ids[k++] = inputs_.add(p + "block_table", bytes_of(b->block_table));
+    b->ids[k++] = inputs_.add(p + "block_indptr", bytes_of(b->block_indptr));
+    b->ids[k++] = inputs_.add(p + "block_indices", bytes_of(b->block_indices));
     b->ids[k++] = inputs_.add(p + "req_slots", bytes_of(b->req_slots));
     b->ids[k++] = inputs_.add(p + "sample_rows", bytes_of(b->sample_rows));
     b->ids[k++] = inputs_.add(p + "sample_index", bytes_of(b->sample_index));
@@ -128,13 +130,14 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
     b.io = ubatch_io{u,
                      o.max_tokens,
                      o.max_reqs,
-                     o.block_stride,
+                     o.max_pages,
                      info.vocab_size,
                      b.token_ids.data(),
                      b.positions.data(),
                      b.query_start_loc.data(),
                      b.seq_lens.data(),
-                     b.block_table.data(),
+                     b.block_indptr.data(),
+                     b.block_indices.data(),
                      b.req_slots.data(),
                      b.sample_rows.data(),
                      b.sample_index.data(),
@@ -193,8 +196,15 @@ void step_runner::stage(const step_plan& plan, std::int32_t u, staging& st) cons
   st.positions.assign(pb, pb + st.real_tokens);
   st.query_start_loc.assign(b.query_start_loc.begin(), b.query_start_loc.end());
   st.seq_lens.assign(b.seq_lens.begin(), b.seq_lens.end());
-  const auto stride = static_cast<std::ptrdiff_t>(plan.block_stride);
-  st.block_table.assign(plan.block_table.begin() + b.req_begin * stride, plan.block_table.begin() + b.req_end * stride);
+  const std::int32_t first_page = plan.block_indptr[static_cast<std::size_t>(b.req_begin)];
+  const std::int32_t end_page = plan.block_indptr[static_cast<std::size_t>(b.req_end)];
+  if (end_page - first_page > options_.max_pages)
+    throw_engine_error(errc::no_capacity, detail::cat("step_runner: micro-batch ", u, " of step ", plan.step, " lists ",
+                                                      end_page - first_page, " pages; the buffers hold ", options_.max_pages));
+  st.block_indices.assign(plan.block_indices.begin() + first_page, plan.block_indices.begin() + end_page);
+  st.block_indptr.clear();
+  for (std::int32_t j = b.req_begin; j <= b.req_end; ++j)
+    st.block_indptr.push_back(plan.block_indptr[static_cast<std::size_t>(j)] - first_page);
   st.req_slots.clear();
   st.sample_rows.clear();
   st.sample_index.clear();
@@ -223,7 +233,8 @@ void step_runner::stage(const step_plan& plan, std::int32_t u, staging& st) cons
   add(cbytes_of(st.positions), run_bytes);
   add(cbytes_of(st.query_start_loc), st.query_start_loc.size() * sizeof(std::int32_t));
   add(cbytes_of(st.seq_lens), st.seq_lens.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.block_table), st.block_table.size() * sizeof(std::int32_t));
+  add(cbytes_of(st.block_indptr), st.block_indptr.size() * sizeof(std::int32_t));
+  add(cbytes_of(st.block_indices), st.block_indices.size() * sizeof(std::int32_t));
   add(cbytes_of(st.req_slots), st.req_slots.size() * sizeof(std::int32_t));
   add(cbytes_of(st.sample_rows), st.sample_rows.size() * sizeof(std::int32_t));
   add(cbytes_of(st.sample_index), st.sample_index.size() * sizeof(std::int32_t));
@@ -246,9 +257,6 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
                        detail::cat("step_runner::launch: step ", plan.step, " has ", plan.ubatches.size(),
                                    " micro-batches and ", plan.routes.size(), " routes; at most ",
                                    options_.max_ubatches, " micro-batches are set up"));
-  if (plan.block_stride != options_.block_stride)
-    throw_engine_error(errc::length_mismatch, detail::cat("step_runner::launch: block_stride ", plan.block_stride,
-                                                          " differs from the runner's ", options_.block_stride));
   const auto r = static_cast<std::int32_t>(launched_ % static_cast<std::uint64_t>(options_.ring));
   ring_entry& e = *ring_[static_cast<std::size_t>(r)];
   if (e.in_use)
@@ -325,7 +333,7 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
         const stage_kind kind = stages_[static_cast<std::size_t>(k)];
         if (kind == stage_kind::collective) {
           if (ctx.current_role() != gpu::stream_role::communication) co_await ctx.switch_to_comm();
-          ctx.label(detail::cat("stage ", k, " collective"));
+          if (trace_ != nullptr) ctx.label(detail::cat("stage ", k, " collective"));
           model_->enqueue_stage(k, io, st.run_tokens, ctx.current_stream());
           const std::int32_t done = ++collectives;
           ctx.current_stream().enqueue([ep, u, done] { ep->progress[static_cast<std::size_t>(u)].store(done); });
@@ -333,10 +341,10 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
         }
         if (ctx.current_role() != gpu::stream_role::compute) co_await ctx.switch_to_compute();
         if (kind == stage_kind::graph && graph != nullptr) {
-          ctx.label(detail::cat("stage ", k, " graph"));
+          if (trace_ != nullptr) ctx.label(detail::cat("stage ", k, " graph"));
           graph->graph().stages[static_cast<std::size_t>(k)].launch(ctx.current_stream());
         } else {
-          ctx.label(detail::cat("stage ", k, kind == stage_kind::graph ? " eager" : " eager (per step)"));
+          if (trace_ != nullptr) ctx.label(detail::cat("stage ", k, kind == stage_kind::graph ? " eager" : " eager (per step)"));
           model_->enqueue_stage(k, io, st.run_tokens, ctx.current_stream());
         }
       }

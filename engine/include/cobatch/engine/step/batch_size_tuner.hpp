@@ -4,12 +4,15 @@
 // Throughput at a budget B is B / t(B). With a fixed cost per step it grows
 // with B, until something saturates (memory bandwidth, cache, the tail of a
 // kernel wave) and t grows faster than B. The tuner keeps, per phase, a
-// moving average of step time at each budget of a geometric grid, climbs to
-// the neighbour with the higher throughput among those whose step time stays
-// within the target, and keeps probing the neighbours now and then so that it
-// follows a change in the cost (a new model load, another tenant). Budgets
-// are only tried next to the current one, so a probe costs at most one grid
-// ratio of throughput.
+// moving average of step time at the current budget of a geometric grid and
+// searches the grid by probing: a few steps at a budget `stride` grid points
+// above or below, averaged so that noise does not decide, kept if its
+// throughput is higher and its step time within the target. The stride starts
+// wide and halves when both sides lose (a coarse-to-fine search of a
+// unimodal curve); once it is one grid point the tuner has settled, and it
+// keeps probing a neighbour now and then so that it follows a change in the
+// cost (a new model load, another tenant), widening the search again when a
+// probe wins.
 #pragma once
 
 #include <cobatch/engine/ubatch/ubatch_sizing.hpp>
@@ -33,6 +36,10 @@ struct tuner_options {
   double ema_alpha = 0.3;
   /// Steps between probes of a neighbour once settled, >= 1.
   std::int32_t probe_interval = 8;
+  /// Steps a probe runs before it is judged, >= 1.
+  std::int32_t probe_samples = 3;
+  /// Grid points between the first probes and the current budget, >= 1.
+  std::int32_t initial_stride = 16;
   /// A budget's average older than this many steps is replaced, not averaged,
   /// by its next sample (the cost may have changed since). >= 1.
   std::int32_t stale_after = 64;
@@ -67,14 +74,20 @@ class batch_size_tuner {
   struct phase_state {
     std::vector<point> points;
     std::int32_t current = 0;  // index into the grid
-    std::int32_t next = 0;     // what budget() hands out
+    std::int32_t probe = -1;   // grid index being probed, or -1
+    double probe_ns = 0.0, probe_tokens = 0.0;
+    std::int32_t probe_count = 0;
+    std::int32_t stride = 1;
     std::int32_t direction = 1;
+    std::int32_t losses = 0;  // probes lost in a row at this stride
+    bool searching = true;
     std::int32_t since_probe = 0;
     std::uint64_t steps = 0;
   };
-  double score(const phase_state& p, std::int32_t i) const noexcept;
+  double score(double ns, double tokens) const noexcept;
   std::int32_t nearest(std::int32_t tokens) const noexcept;
-  void decide(phase_state& p) noexcept;
+  void start_probe(phase_state& p) noexcept;
+  void judge_probe(phase_state& p) noexcept;
 
   tuner_options options_;
   std::vector<std::int32_t> grid_;

@@ -122,6 +122,9 @@ struct step_report {
   std::chrono::nanoseconds host_launch{0};
   /// Device idle time before this step began (since the previous step ended).
   std::chrono::nanoseconds device_gap{0};
+  /// CPU time of the loop's thread spent on this step: planning, launching,
+  /// and handling its outputs (waiting for the device not included).
+  std::chrono::nanoseconds host_cpu{0};
 };
 
 class engine_loop {
@@ -176,6 +179,7 @@ class engine_loop {
     std::vector<step_ticket> tickets;
     std::chrono::nanoseconds host_plan{0};
     std::chrono::nanoseconds host_launch{0};
+    std::chrono::nanoseconds host_cpu{0};
   };
 
   void drain_commands();

@@ -5,8 +5,9 @@
 //
 // Layout (vLLM's): request i of the step owns tokens
 // [query_start_loc[i], query_start_loc[i+1]); seq_lens[i] counts its context
-// including this step's tokens; block_table row i (block_stride entries)
-// lists its KV pages, -1 past the last. Under decode-context parallelism
+// including this step's tokens; its KV pages are
+// block_indices[block_indptr[i], block_indptr[i+1]) (CSR, as the attention
+// layer's page_table: ragged contexts cost what they hold, not the longest). Under decode-context parallelism
 // over W ranks, token position p lives on rank p % W, in slot
 // (p / W) % page_size of page block_table[i][(p / W) / page_size].
 #pragma once
@@ -50,14 +51,14 @@ class step_plan {
   std::int32_t num_tokens = 0;
   std::int32_t dcp_world = 1;
   std::int32_t page_size = 0;
-  std::int32_t block_stride = 0;
 
   std::vector<scheduled_request> requests;  ///< slot i = requests[i]
   std::vector<std::int32_t> token_ids;      ///< num_tokens: ids, or token_ref()s
   std::vector<std::int32_t> positions;      ///< num_tokens
   std::vector<std::int32_t> query_start_loc;
   std::vector<std::int32_t> seq_lens;
-  std::vector<std::int32_t> block_table;  ///< requests.size() x block_stride
+  std::vector<std::int32_t> block_indptr;   ///< requests.size() + 1
+  std::vector<std::int32_t> block_indices;
 
   ubatch_plan ubatches;
   std::vector<dispatch_route> routes;  ///< one per micro-batch

@@ -189,7 +189,7 @@ class step_planner {
   std::uint64_t preemptions_ = 0;
   std::uint64_t admissions_ = 0;
   std::size_t live_ = 0;
-  std::int32_t max_pages_per_request_ = 0;
+  std::size_t cancels_pending_ = 0;
 };
 
 }  // namespace cobatch::engine

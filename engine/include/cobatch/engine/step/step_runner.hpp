@@ -48,7 +48,7 @@ class timeline;
 struct runner_options {
   std::int32_t max_tokens = 2048;   ///< tokens per micro-batch (buffer rows), >= the ladder's top rung
   std::int32_t max_reqs = 256;      ///< requests per step
-  std::int32_t block_stride = 0;    ///< block_table entries per request
+  std::int32_t max_pages = 0;       ///< KV page ids one micro-batch may list (the pool's pages)
   std::int32_t max_ubatches = 2;
   /// Copy each sampled row's logits back too (tests compare them).
   bool keep_logits = false;
