@@ -6,6 +6,7 @@
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
+#include "host_fixture.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/bind_executor.hpp>
@@ -21,11 +22,7 @@
 using namespace cobatch;
 
 namespace {
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  fixture() { loop.attach(reactor); }
+struct fixture : test::host_fixture {
 
   void wait_all(std::vector<gpu::stream>& streams) {
     auto body = [&]() -> coro::task<void> {
@@ -133,13 +130,10 @@ TEST_CASE("cancelling a wait on a collective aborts the communicator, so no rank
                                                                                                 waited = ec;
                                                                                                 done = true;
                                                                                               })));
-  std::thread canceller([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    asio::post(f.loop.get_executor(), [&] { cancel.emit(asio::cancellation_type::terminal); });
-  });
+  // The wait was initiated above; the loop runs the cancellation first.
+  asio::post(f.loop.get_executor(), [&] { cancel.emit(asio::cancellation_type::terminal); });
   f.loop.restart();
   f.loop.run();
-  canceller.join();
   REQUIRE(done);
   CHECK(waited == asio::error::operation_aborted);
   // The collective itself now fails on the stream instead of hanging it.

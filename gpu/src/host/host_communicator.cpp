@@ -3,6 +3,7 @@
 // waiting never blocks a user thread, exactly as an NCCL kernel waits on the
 // GPU and not on the host.
 #include "cobatch/gpu/error.hpp"
+#include "cobatch/gpu/float16.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 
 #include <algorithm>
@@ -43,6 +44,22 @@ void reduce_into(T* acc, const T* in, std::size_t n, reduce_op op) {
   }
 }
 
+// 16-bit floats reduce in f32 and round once per element, as NCCL does.
+template <typename Half>
+void reduce_halves(Half* acc, const Half* in, std::size_t n, reduce_op op) {
+  for (std::size_t i = 0; i < n; ++i) {
+    float a = acc[i].to_float();
+    const float b = in[i].to_float();
+    switch (op) {
+      case reduce_op::sum: a += b; break;
+      case reduce_op::prod: a *= b; break;
+      case reduce_op::min: a = std::min(a, b); break;
+      case reduce_op::max: a = std::max(a, b); break;
+    }
+    acc[i] = Half::from_float(a);
+  }
+}
+
 void reduce_bytes(std::byte* acc, const std::byte* in, std::size_t n, data_type t, reduce_op op) {
   switch (t) {
     case data_type::f32: reduce_into(reinterpret_cast<float*>(acc), reinterpret_cast<const float*>(in), n, op); break;
@@ -56,6 +73,8 @@ void reduce_bytes(std::byte* acc, const std::byte* in, std::size_t n, data_type 
     case data_type::u8:
       reduce_into(reinterpret_cast<std::uint8_t*>(acc), reinterpret_cast<const std::uint8_t*>(in), n, op);
       break;
+    case data_type::bf16: reduce_halves(reinterpret_cast<bf16*>(acc), reinterpret_cast<const bf16*>(in), n, op); break;
+    case data_type::f16: reduce_halves(reinterpret_cast<f16*>(acc), reinterpret_cast<const f16*>(in), n, op); break;
   }
 }
 

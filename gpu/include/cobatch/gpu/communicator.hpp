@@ -3,6 +3,7 @@
 // stream or an event like any other work.
 #pragma once
 
+#include "cobatch/gpu/data_type.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/stream.hpp"
 
@@ -22,19 +23,7 @@ struct communicator_options {
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
 };
 
-enum class data_type { f32, f64, i32, i64, u8 };
 enum class reduce_op { sum, prod, min, max };
-
-constexpr std::size_t size_of(data_type t) noexcept {
-  switch (t) {
-    case data_type::f32: return 4;
-    case data_type::f64: return 8;
-    case data_type::i32: return 4;
-    case data_type::i64: return 8;
-    case data_type::u8: return 1;
-  }
-  return 0;
-}
 
 namespace detail {
 class communicator_impl {
