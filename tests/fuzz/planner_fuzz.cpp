@@ -260,7 +260,7 @@ ubatch_count_limits any_limits(rng_t& rng) {
 void fuzz_sizing(rng_t& rng) {
   const std::int64_t tokens = any_tokens(rng);
   const ubatch_count_limits limits = any_limits(rng);
-  device_memory m;
+  activation_memory m;
   m.free_bytes = chance(rng, 10) ? std::numeric_limits<std::uint64_t>::max() - static_cast<std::uint64_t>(pick(rng, 0, 9))
                                  : static_cast<std::uint64_t>(pick(rng, 0, std::int64_t{1} << 44));
   m.usable_fraction = chance(rng, 5) ? static_cast<double>(pick(rng, -1, 2)) : static_cast<double>(pick(rng, 1, 100)) / 100.0;

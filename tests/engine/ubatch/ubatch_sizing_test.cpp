@@ -272,7 +272,7 @@ TEST_CASE("memory sets a floor, timing chooses above it", "[engine][sizing]") {
 
 TEST_CASE("memory is never said to fit a token count whose ceiling division would overflow",
           "[engine][sizing][memory]") {
-  const device_memory m{1'000'000'000'000, 0.8, 1};  // 8e11 bytes: 8e11 tokens per micro-batch
+  const activation_memory m{1'000'000'000'000, 0.8, 1};  // 8e11 bytes: 8e11 tokens per micro-batch
   const std::int64_t huge = std::numeric_limits<std::int64_t>::max();
   const engine_error e = thrown_by([&] { (void)fit_to_memory(huge, m, {1, 64}); });
   CHECK(e.code() == errc::no_capacity);
