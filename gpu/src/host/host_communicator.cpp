@@ -159,18 +159,23 @@ class rendezvous {
     auto l = box.front();
     box.pop_front();
     l->taken = true;
-    cv_.notify_all();
     if (l->bytes != bytes) {
-      raise(errc::rank_mismatch, "rank " + std::to_string(from) + " sent " + std::to_string(l->bytes) +
-                                     " bytes, rank " + std::to_string(to) + " expected " + std::to_string(bytes));
+      // A protocol error, as NCCL's asynchronous error: the communicator is
+      // aborted so that every rank fails with it (the sender, which would
+      // otherwise report success, and ranks waiting at a later collective,
+      // which would otherwise wait out the timeout, or forever).
+      const std::string why = "rank " + std::to_string(from) + " sent " + std::to_string(l->bytes) + " bytes, rank " +
+                              std::to_string(to) + " expected " + std::to_string(bytes);
+      abort_locked(errc::rank_mismatch, why);
+      raise(errc::rank_mismatch, why);
     }
+    cv_.notify_all();
     std::memcpy(buf, l->data, bytes);
   }
 
   void abort(errc why) noexcept {
     std::lock_guard lock(mutex_);
-    if (!aborted_) aborted_ = why;
-    cv_.notify_all();
+    abort_locked(why, "communicator aborted");
   }
 
  private:
@@ -180,16 +185,24 @@ class rendezvous {
     if (options_.timeout.count() > 0) {
       if (!cv_.wait_for(lock, options_.timeout, done)) {
         // A rank that never arrives must not hang the others: abort all.
-        aborted_ = errc::timeout;
-        cv_.notify_all();
+        abort_locked(errc::timeout, "a rank did not arrive in time; communicator aborted");
       }
     } else {
       cv_.wait(lock, done);
     }
-    if (aborted_) {
-      raise(*aborted_, *aborted_ == errc::timeout ? "a rank did not arrive in time; communicator aborted"
-                                                  : "communicator aborted");
+    if (aborted_) raise(*aborted_, abort_reason_);
+  }
+
+  void abort_locked(errc why, const std::string& reason) noexcept {
+    if (!aborted_) {
+      aborted_ = why;
+      try {
+        abort_reason_ = reason;
+      } catch (...) {
+        // The code still says why.
+      }
     }
+    cv_.notify_all();
   }
 
   std::vector<std::byte> compute(int rank, const call& mine) const {
@@ -235,6 +248,7 @@ class rendezvous {
   bool copying_ = false;
   unsigned long generation_ = 0;
   std::optional<errc> aborted_;
+  std::string abort_reason_;  // what every rank's error says once aborted_
   std::map<std::pair<int, int>, std::deque<std::shared_ptr<letter>>> mailbox_;
 };
 
@@ -278,11 +292,11 @@ class host_communicator final : public detail::communicator_impl {
       s->enqueue([shared = shared_, rank = rank_, mine = std::move(mine)] {
         std::vector<std::shared_ptr<rendezvous::letter>> posted;
         for (const auto& op : mine) {
-          if (op.kind == p2p::send) posted.push_back(shared->post(rank, op.peer, op.send_buf, op.bytes));
+          if (op.kind == p2p::op_kind::send) posted.push_back(shared->post(rank, op.peer, op.send_buf, op.bytes));
         }
         for (const auto& op : mine) {
-          if (op.kind == p2p::recv) shared->recv(op.peer, rank, op.recv_buf, op.bytes);
-          if (op.kind == p2p::self_copy) std::memcpy(op.recv_buf, op.send_buf, op.bytes);
+          if (op.kind == p2p::op_kind::recv) shared->recv(op.peer, rank, op.recv_buf, op.bytes);
+          if (op.kind == p2p::op_kind::self_copy) std::memcpy(op.recv_buf, op.send_buf, op.bytes);
         }
         for (const auto& l : posted) shared->wait_taken(*l);
       });
@@ -292,12 +306,12 @@ class host_communicator final : public detail::communicator_impl {
   void send(const void* buf, std::size_t count, data_type t, int peer, detail::stream_impl& s) override {
     check_peer(peer);
     check_grouped("send");
-    grouped_.push_back({p2p::send, peer, buf, nullptr, count * size_of(t), &s});
+    grouped_.push_back({p2p::op_kind::send, peer, buf, nullptr, count * size_of(t), &s});
   }
   void recv(void* buf, std::size_t count, data_type t, int peer, detail::stream_impl& s) override {
     check_peer(peer);
     check_grouped("recv");
-    grouped_.push_back({p2p::recv, peer, nullptr, buf, count * size_of(t), &s});
+    grouped_.push_back({p2p::op_kind::recv, peer, nullptr, buf, count * size_of(t), &s});
   }
   void all_to_all(const void* send, void* recv, std::size_t count, data_type t, detail::stream_impl& s) override {
     check_grouped("all_to_all");
@@ -315,10 +329,10 @@ class host_communicator final : public detail::communicator_impl {
     for (int r = 0; r < size(); ++r) {
       const auto offset = slice * static_cast<std::size_t>(r);
       if (r == rank_) {
-        grouped_.push_back({p2p::self_copy, r, in + offset, out + offset, slice, &s});
+        grouped_.push_back({p2p::op_kind::self_copy, r, in + offset, out + offset, slice, &s});
       } else {
-        grouped_.push_back({p2p::send, r, in + offset, nullptr, slice, &s});
-        grouped_.push_back({p2p::recv, r, nullptr, out + offset, slice, &s});
+        grouped_.push_back({p2p::op_kind::send, r, in + offset, nullptr, slice, &s});
+        grouped_.push_back({p2p::op_kind::recv, r, nullptr, out + offset, slice, &s});
       }
     }
   }
@@ -353,7 +367,7 @@ class host_communicator final : public detail::communicator_impl {
   }
 
   struct p2p {
-    enum kind_type { send, recv, self_copy } kind;
+    enum class op_kind { send, recv, self_copy } kind;
     int peer;
     const void* send_buf;
     void* recv_buf;
