@@ -312,7 +312,7 @@ std::size_t attention_plan::lse_elements() const noexcept {
 void plan_attention(const kv_cache_config& cache, const attention_config& config, const attention_batch& batch,
                     attention_plan& out) {
   std::string text;
-  if (const fault f = attention_planner::run(cache, config, batch, out, &text)) detail::raise(f, text);
+  if (const fault f = attention_planner::run(cache, config, batch, out, &text)) throw_engine_error(f.code, text);
 }
 
 void plan_attention(const kv_cache_config& cache, const attention_config& config, const attention_batch& batch,
@@ -323,7 +323,7 @@ void plan_attention(const kv_cache_config& cache, const attention_config& config
 
 void validate_attention_config(const kv_cache_config& cache, const attention_config& config) {
   std::string text;
-  if (const fault f = detail::check_attention_config(cache, config, &text)) detail::raise(f, text);
+  if (const fault f = detail::check_attention_config(cache, config, &text)) throw_engine_error(f.code, text);
 }
 
 }  // namespace cobatch::engine
