@@ -34,6 +34,10 @@ TABLE = {
     "idle_cpu_percent": ("BM_idle_cpu", "cpu_percent"),
     "slice_ns_4096": ("BM_slice_4096", REAL_TIME),
     "dispatch_ns": ("BM_dispatch_random_key", REAL_TIME),
+    "attn_plan_ns_4096": ("BM_attn_plan_4096", REAL_TIME),
+    "attn_plan_ns_4096_raw_table": ("BM_attn_plan_4096_raw_table", REAL_TIME),
+    "lse_merge_gbps": ("BM_lse_merge_host", "gbps"),
+    "lse_memcpy_gbps": ("BM_lse_merge_memcpy", "gbps"),
     "launch_eager_cpu_ns": ("BM_launch_eager_64", "launch_cpu_ns"),
     "launch_graph_cpu_ns": ("BM_launch_graph_64", "launch_cpu_ns"),
     "step_plan_ns": ("BM_step_plan", REAL_TIME),
@@ -51,6 +55,9 @@ RATIOS = {
     "switch_barrier_over_switch": ("switch_barrier_ns", "switch_ns"),
     # Host backend; the >= 5 target applies to real kernels on a GPU.
     "replay_cpu_ratio": ("launch_eager_cpu_ns", "launch_graph_cpu_ns"),
+    # Host LSE merge throughput (bytes read + written per second) over
+    # memcpy's on the same number of bytes, same run, one thread each.
+    "lse_merge_bw_ratio": ("lse_merge_gbps", "lse_memcpy_gbps"),
 }
 
 # Overlap sweeps: one benchmark per configuration (N, compute:comm). Each
@@ -88,6 +95,8 @@ TARGETS = {
     "idle_cpu_percent": ("idle_cpu_percent", "<=", 2),
     "slice_ns_4096": ("slice_ns_4096", "<=", 20000),
     "dispatch_ns": ("dispatch_ns", "<=", 50),
+    "attn_plan_ns_4096": ("attn_plan_ns_4096", "<=", 20000),
+    "lse_merge_bw_ratio": ("lse_merge_bw_ratio", ">=", 0.5),
     "step_plan_ns": ("step_plan_ns", "<=", 20000),
     "step_host_overhead_us": ("step_host_overhead_us", "<=", 100),
     "step_gap_us": ("step_gap_us", "<=", 20),

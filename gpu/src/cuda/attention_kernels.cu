@@ -73,7 +73,8 @@ __device__ __forceinline__ bool finite(float x) { return isfinite(x); }
 template <class T, int D>
 __global__ void paged_attention_kernel(kernels::paged_attention_args a) {
   constexpr int per_lane = D / warp;
-  const attention_work_item item = a.work[blockIdx.x];
+  const int w = static_cast<int>(blockIdx.x);
+  const attention_work_item item = a.work != nullptr ? a.work[w] : attention_work_item{w, 0, a.requests[w].kv_len, -1};
   const attention_request req = a.requests[item.request];
   const int j = blockIdx.y;
   if (j >= req.q_len) return;
@@ -309,6 +310,28 @@ __global__ void kv_gather_kernel(kernels::kv_gather_args a) {
   }
 }
 
+// One block per (request, query row); threads over the row's elements.
+template <class T>
+__global__ void kv_append_kernel(kernels::kv_append_args a) {
+  const attention_request req = a.requests[blockIdx.x];
+  const int j = blockIdx.y;
+  if (j >= req.q_len) return;
+  const long long p = static_cast<long long>(req.seq_len) - req.q_len + j;
+  const long long block = p / a.dcp_interleave;
+  if (block % a.dcp_world != a.dcp_rank) return;
+  const long long stride = static_cast<long long>(a.dcp_interleave) * a.dcp_world;
+  const long long l = (p / stride) * a.dcp_interleave + p % a.dcp_interleave;
+  const long long slot = static_cast<long long>(a.kv_indices[req.page_begin + l / a.page_size]) * a.page_size + l % a.page_size;
+  const long long row = static_cast<long long>(a.num_kv_heads) * a.head_dim;
+  const long long half_page = static_cast<long long>(a.page_size) * row;
+  T* dst = static_cast<T*>(a.kv_pages) + (slot / a.page_size) * 2 * half_page + (slot % a.page_size) * row;
+  const long long src = static_cast<long long>(req.q_begin + j) * row;
+  for (long long e = threadIdx.x; e < row; e += blockDim.x) {
+    dst[e] = static_cast<const T*>(a.k)[src + e];
+    dst[half_page + e] = static_cast<const T*>(a.v)[src + e];
+  }
+}
+
 template <class T>
 __global__ void fill_kernel(T* dst, T value, std::size_t count) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < count;
@@ -397,6 +420,17 @@ int kv_gather(const kernels::kv_gather_args& a, void* stream) {
     kv_gather_kernel<std::uint32_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
   } else {
     kv_gather_kernel<std::uint16_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+int kv_append(const kernels::kv_append_args& a, void* stream) {
+  if (a.num_reqs == 0 || a.max_q_len == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(a.num_reqs), static_cast<unsigned>(a.max_q_len));
+  if (gpu::size_of(a.storage) == 4) {
+    kv_append_kernel<std::uint32_t><<<grid, 128, 0, native(stream)>>>(a);
+  } else {
+    kv_append_kernel<std::uint16_t><<<grid, 128, 0, native(stream)>>>(a);
   }
   return cudaGetLastError();
 }
