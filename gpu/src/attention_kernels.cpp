@@ -13,15 +13,17 @@
 namespace cobatch::gpu::kernels {
 namespace {
 
+#if !COBATCH_WITH_CUDA
 [[noreturn]] void no_backend(const char* kernel) {
   throw std::system_error(make_error_code(errc::invalid_argument),
                           std::string("cobatch: ") + kernel + " on the CUDA backend, which this build of cobatch lacks");
 }
+#endif
 
 // Host kernels run on the stream's worker with the arguments copied in.
 template <class Args, class Host, class Cuda>
 void dispatch(backend_kind backend, const Args& args, stream_ref s, Host host_fn, [[maybe_unused]] Cuda cuda_fn,
-              const char* name) {
+              [[maybe_unused]] const char* name) {
   if (backend == backend_kind::host) {
     s.enqueue([args, host_fn] { host_fn(args); });
     return;

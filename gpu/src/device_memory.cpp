@@ -32,9 +32,11 @@ class host_memory final : public detail::memory_holder {
   throw std::system_error(make_error_code(errc::invalid_argument), "cobatch: " + what);
 }
 
+#if !COBATCH_WITH_CUDA
 [[noreturn]] void no_backend(const char* api) {
   invalid(std::string(api) + ": device memory of the CUDA backend, which this build of cobatch lacks");
 }
+#endif
 
 }  // namespace
 

@@ -274,6 +274,7 @@ void batch_attention::enqueue_phase(const attention_plan& plan, const attention_
     a.work = at<kn::attention_work_item>(ws, lay.work);
     a.num_work = static_cast<std::int32_t>(plan.work().size());
     a.num_tokens = t;
+    a.max_q_len = plan.shape().max_query_len;
     a.out = direct ? io.out.data() : at<void>(ws, lay.local_out);
     a.out_lse = direct ? lse_out : at<float>(ws, lay.local_lse);
     a.lse_out_scale = direct ? lse_scale : 1.0f;
@@ -286,6 +287,7 @@ void batch_attention::enqueue_phase(const attention_plan& plan, const attention_
       m.head_dim = d;
       m.items = at<kn::chunk_merge_item>(ws, lay.chunk_items);
       m.num_items = static_cast<std::int32_t>(plan.chunk_items().size());
+      m.max_q_len = plan.shape().max_query_len;
       m.partial_out = a.partial_out;
       m.partial_lse = a.partial_lse;
       m.out = a.out;

@@ -3,6 +3,7 @@
 // waiting never blocks a user thread, exactly as an NCCL kernel waits on the
 // GPU and not on the host.
 #include "cobatch/gpu/error.hpp"
+#include "cobatch/gpu/float16.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 
 #include <algorithm>

@@ -233,6 +233,7 @@ struct group_options {
   std::int32_t kv_chunk_pages = 0;
   lse_base base = lse_base::e;
   bool append_new = true;  ///< the step's tokens through new_k/new_v (else written in place)
+  bool fill_prefix = true;  ///< write the cached prefix into the cache (else it arrives by hand-off)
 };
 
 /// A DCP group that runs problem `p` and returns every rank's output laid
@@ -305,7 +306,9 @@ inline void setup_rank(attention_env& env, const problem& p, const group_options
     rs.table.add_request(mine);
     rs.pages.push_back(std::move(mine));
   }
-  for (std::int32_t l = 0; l < g.num_layers; ++l) fill_rank_cache(p, rs, dcp, l, g.append_new);
+  if (g.fill_prefix) {
+    for (std::int32_t l = 0; l < g.num_layers; ++l) fill_rank_cache(p, rs, dcp, l, g.append_new);
+  }
   attention_config ac;
   ac.num_qo_heads = p.heads();
   ac.softmax_scale = p.scale;
@@ -354,27 +357,10 @@ inline attention_io io_of(const problem& p, const rank_state& rs, const group_op
   return io;
 }
 
-inline group_run run_group(attention_env& env, const problem& p, const group_options& g, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  auto comms = gpu::host::make_communicators(g.world);
-  std::vector<rank_state> ranks(static_cast<std::size_t>(g.world));
-  for (std::int32_t r = 0; r < g.world; ++r) {
-    setup_rank(env, p, g, r, ranks[static_cast<std::size_t>(r)], rng, g.world > 1 ? &comms[static_cast<std::size_t>(r)] : nullptr);
-  }
-  std::vector<gpu::stream_ref> streams;
-  for (std::int32_t layer = 0; layer < g.num_layers; ++layer) {
-    for (std::int32_t r = 0; r < g.world; ++r) {
-      auto& rs = ranks[static_cast<std::size_t>(r)];
-      if (layer == 0) rs.attn->plan({p.batch(), rs.table.view()}, rs.plan);
-      rs.attn->enqueue_run(rs.plan, io_of(p, rs, g, layer), rs.compute, rs.comm);
-    }
-  }
-  for (auto& rs : ranks) {
-    streams.push_back(rs.compute);
-    streams.push_back(rs.comm);
-  }
-  group_run result;
-  result.errors = env.wait(streams);
+/// Every rank's output as [T][H][D] (head slices put back together for the
+/// reduce-scatter merge) and the LSE in natural base.
+inline void collect_outputs(const problem& p, const group_options& g, const std::vector<rank_state>& ranks,
+                            group_run& result) {
   const std::size_t t = static_cast<std::size_t>(p.tokens());
   const std::size_t h = static_cast<std::size_t>(p.heads());
   const std::size_t d = static_cast<std::size_t>(p.head_dim);
@@ -404,6 +390,30 @@ inline group_run run_group(attention_env& env, const problem& p, const group_opt
       }
     }
   }
+}
+
+inline group_run run_group(attention_env& env, const problem& p, const group_options& g, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto comms = gpu::host::make_communicators(g.world);
+  std::vector<rank_state> ranks(static_cast<std::size_t>(g.world));
+  for (std::int32_t r = 0; r < g.world; ++r) {
+    setup_rank(env, p, g, r, ranks[static_cast<std::size_t>(r)], rng, g.world > 1 ? &comms[static_cast<std::size_t>(r)] : nullptr);
+  }
+  std::vector<gpu::stream_ref> streams;
+  for (std::int32_t layer = 0; layer < g.num_layers; ++layer) {
+    for (std::int32_t r = 0; r < g.world; ++r) {
+      auto& rs = ranks[static_cast<std::size_t>(r)];
+      if (layer == 0) rs.attn->plan({p.batch(), rs.table.view()}, rs.plan);
+      rs.attn->enqueue_run(rs.plan, io_of(p, rs, g, layer), rs.compute, rs.comm);
+    }
+  }
+  for (auto& rs : ranks) {
+    streams.push_back(rs.compute);
+    streams.push_back(rs.comm);
+  }
+  group_run result;
+  result.errors = env.wait(streams);
+  collect_outputs(p, g, ranks, result);
   result.stats0 = ranks[0].attn->stats();
   return result;
 }

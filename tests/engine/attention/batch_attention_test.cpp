@@ -107,9 +107,7 @@ TEST_CASE("DCP over 1, 2, 3, 4 and 8 ranks equals one rank, for both merges", "[
   CHECK(empty_shard_cases >= 50);
 }
 
-TEST_CASE("a run inside micro-batches exchanges at switch points", "[engine][attention][dcp]") {
-  // Covered through run_attention in ubatch_attention_test.cpp; here the
-  // phase roles that it follows.
+TEST_CASE("the phases of an all-gather DCP run alternate compute and communication", "[engine][attention][dcp]") {
   attention_env env;
   std::mt19937 rng(5);
   problem p = random_problem(rng);

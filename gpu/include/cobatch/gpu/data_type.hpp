@@ -1,13 +1,16 @@
 // data_type: the element types device memory, kernels and communicators
-// exchange, with the C++ type each stands for.
+// exchange, with the C++ type each stands for. Plain C++17, so that .cu files
+// compiled by nvcc can include it.
 #pragma once
-
-#include "cobatch/gpu/float16.hpp"
 
 #include <cstddef>
 #include <cstdint>
 
 namespace cobatch::gpu {
+
+// The 16-bit storage types (float16.hpp); named here only.
+struct bf16;
+struct f16;
 
 /// bf16 and f16 are storage types (float16.hpp): reductions over them
 /// accumulate in f32 and round once.
