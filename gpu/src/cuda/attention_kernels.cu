@@ -5,6 +5,7 @@
 // (query row, head), lanes over tokens for the scores and over the head
 // dimension for the values, online softmax in f32.
 #include "attention_launch.hpp"
+#include "kernel_launch.hpp"
 
 #include <cuda_runtime.h>
 
@@ -346,8 +347,6 @@ unsigned grid_for(long long n, int block) {
   return static_cast<unsigned>(g < 1 ? 1 : g);
 }
 
-cudaStream_t native(void* s) { return static_cast<cudaStream_t>(s); }
-
 }  // namespace
 
 int paged_attention(const kernels::paged_attention_args& a, void* stream) {
@@ -358,70 +357,60 @@ int paged_attention(const kernels::paged_attention_args& a, void* stream) {
   const bool bf16 = a.storage == gpu::data_type::bf16;
   if (a.head_dim == 64) {
     if (bf16) {
-      paged_attention_kernel<std::uint16_t, 64><<<grid, block, 0, native(stream)>>>(a);
+      return detail::launch_kernel(paged_attention_kernel<std::uint16_t, 64>, grid, block, stream, a);
     } else {
-      paged_attention_kernel<float, 64><<<grid, block, 0, native(stream)>>>(a);
+      return detail::launch_kernel(paged_attention_kernel<float, 64>, grid, block, stream, a);
     }
   } else if (a.head_dim == 128) {
     if (bf16) {
-      paged_attention_kernel<std::uint16_t, 128><<<grid, block, 0, native(stream)>>>(a);
+      return detail::launch_kernel(paged_attention_kernel<std::uint16_t, 128>, grid, block, stream, a);
     } else {
-      paged_attention_kernel<float, 128><<<grid, block, 0, native(stream)>>>(a);
+      return detail::launch_kernel(paged_attention_kernel<float, 128>, grid, block, stream, a);
     }
-  } else {
-    return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 
 int chunk_merge(const kernels::chunk_merge_args& a, void* stream) {
   if (a.num_items == 0 || a.max_q_len == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(a.num_items), static_cast<unsigned>(a.max_q_len),
                   static_cast<unsigned>((a.num_heads + warps_per_block - 1) / warps_per_block));
-  chunk_merge_kernel<<<grid, warp * warps_per_block, 0, native(stream)>>>(a);
-  return cudaGetLastError();
+  return detail::launch_kernel(chunk_merge_kernel, dim3(grid), dim3(warp * warps_per_block), stream, a);
 }
 
 int lse_merge(const kernels::lse_merge_args& a, void* stream) {
   if (a.rows == 0) return cudaSuccess;
   constexpr int block = 256;
-  lse_merge_kernel<<<grid_for(a.rows * warp, block), block, 0, native(stream)>>>(a);
-  return cudaGetLastError();
+  return detail::launch_kernel(lse_merge_kernel, dim3(grid_for(a.rows * warp, block)), dim3(block), stream, a);
 }
 
 int lse_correct(const kernels::lse_correct_args& a, void* stream) {
   const long long n = static_cast<long long>(a.num_tokens) * a.num_heads * a.head_dim;
   if (n == 0) return cudaSuccess;
-  lse_correct_kernel<<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
-  return cudaGetLastError();
+  return detail::launch_kernel(lse_correct_kernel, dim3(grid_for(n, 256)), dim3(256), stream, a);
 }
 
 int convert(const kernels::convert_args& a, void* stream) {
   if (a.count == 0) return cudaSuccess;
-  convert_kernel<<<grid_for(a.count, 256), 256, 0, native(stream)>>>(a);
-  return cudaGetLastError();
+  return detail::launch_kernel(convert_kernel, dim3(grid_for(a.count, 256)), dim3(256), stream, a);
 }
 
 int kv_scatter(const kernels::kv_scatter_args& a, void* stream) {
   const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
   if (n == 0) return cudaSuccess;
   if (gpu::size_of(a.storage) == 4) {
-    kv_scatter_kernel<std::uint32_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
-  } else {
-    kv_scatter_kernel<std::uint16_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+    return detail::launch_kernel(kv_scatter_kernel<std::uint32_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
   }
-  return cudaGetLastError();
+  return detail::launch_kernel(kv_scatter_kernel<std::uint16_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
 }
 
 int kv_gather(const kernels::kv_gather_args& a, void* stream) {
   const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
   if (n == 0) return cudaSuccess;
   if (gpu::size_of(a.storage) == 4) {
-    kv_gather_kernel<std::uint32_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
-  } else {
-    kv_gather_kernel<std::uint16_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+    return detail::launch_kernel(kv_gather_kernel<std::uint32_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
   }
-  return cudaGetLastError();
+  return detail::launch_kernel(kv_gather_kernel<std::uint16_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
 }
 
 int kv_append(const kernels::kv_append_args& a, void* stream) {
@@ -438,12 +427,17 @@ int kv_append(const kernels::kv_append_args& a, void* stream) {
 int fill(void* dst, std::uint64_t pattern, std::size_t pattern_bytes, std::size_t count, void* stream) {
   const unsigned grid = grid_for(static_cast<long long>(count), 256);
   switch (pattern_bytes) {
-    case 2: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint16_t*>(dst), static_cast<std::uint16_t>(pattern), count); break;
-    case 4: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint32_t*>(dst), static_cast<std::uint32_t>(pattern), count); break;
-    case 8: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint64_t*>(dst), pattern, count); break;
+    case 2:
+      return detail::launch_kernel(fill_kernel<std::uint16_t>, dim3(grid), dim3(256), stream,
+                                   static_cast<std::uint16_t*>(dst), static_cast<std::uint16_t>(pattern), count);
+    case 4:
+      return detail::launch_kernel(fill_kernel<std::uint32_t>, dim3(grid), dim3(256), stream,
+                                   static_cast<std::uint32_t*>(dst), static_cast<std::uint32_t>(pattern), count);
+    case 8:
+      return detail::launch_kernel(fill_kernel<std::uint64_t>, dim3(grid), dim3(256), stream,
+                                   static_cast<std::uint64_t*>(dst), pattern, count);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace cobatch::gpu::cuda::attention_launch
