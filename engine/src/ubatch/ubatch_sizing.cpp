@@ -41,7 +41,7 @@ std::uint64_t saturating_mul(std::uint64_t a, std::uint64_t b) {
   return a * b;
 }
 
-fault fit(std::int64_t tokens, const device_memory& m, ubatch_count_limits limits, memory_fit& out,
+fault fit(std::int64_t tokens, const activation_memory& m, ubatch_count_limits limits, memory_fit& out,
           std::string* detail) {
   count_range range{};
   if (const fault f = check_tokens_and_limits(tokens, limits, range, detail)) return f;
@@ -133,7 +133,7 @@ fault choose_count(const step_timing_model& model, step_phase phase, std::int64_
   return {};
 }
 
-fault decide(step_phase phase, std::int64_t tokens, const device_memory& memory, const step_timing_model& timing,
+fault decide(step_phase phase, std::int64_t tokens, const activation_memory& memory, const step_timing_model& timing,
              ubatch_count_limits limits, sizing_decision& out, std::string* detail) {
   memory_fit mem;
   if (const fault f = fit(tokens, memory, limits, mem, detail)) return f;
@@ -159,14 +159,14 @@ fault decide(step_phase phase, std::int64_t tokens, const device_memory& memory,
 
 }  // namespace
 
-memory_fit fit_to_memory(std::int64_t tokens, const device_memory& memory, ubatch_count_limits limits) {
+memory_fit fit_to_memory(std::int64_t tokens, const activation_memory& memory, ubatch_count_limits limits) {
   memory_fit out;
   std::string text;
   if (const fault f = fit(tokens, memory, limits, out, &text)) detail::raise(f, text);
   return out;
 }
 
-memory_fit fit_to_memory(std::int64_t tokens, const device_memory& memory, ubatch_count_limits limits,
+memory_fit fit_to_memory(std::int64_t tokens, const activation_memory& memory, ubatch_count_limits limits,
                          std::error_code& ec) noexcept {
   memory_fit out;
   const fault f = fit(tokens, memory, limits, out, nullptr);
@@ -241,7 +241,7 @@ timing_choice step_timing_model::choose(step_phase phase, std::int64_t tokens, u
   return out;
 }
 
-sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const device_memory& memory,
+sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const activation_memory& memory,
                                          const step_timing_model& timing, ubatch_count_limits limits) {
   sizing_decision out;
   std::string text;
@@ -249,7 +249,7 @@ sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const
   return out;
 }
 
-sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const device_memory& memory,
+sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const activation_memory& memory,
                                          const step_timing_model& timing, ubatch_count_limits limits,
                                          std::error_code& ec) noexcept {
   sizing_decision out;

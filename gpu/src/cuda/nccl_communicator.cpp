@@ -520,9 +520,9 @@ std::vector<communicator> make_local_communicators(const std::vector<cuda_device
   return out;
 }
 
-group_guard::group_guard() { start_group(); }
+thread_group_guard::thread_group_guard() { start_group(); }
 
-group_guard::~group_guard() {
+thread_group_guard::~thread_group_guard() {
   if (!open_) return;
   open_ = false;
   try {
@@ -532,7 +532,7 @@ group_guard::~group_guard() {
   }
 }
 
-void group_guard::end() {
+void thread_group_guard::end() {
   if (!open_) return;
   open_ = false;
   end_group();

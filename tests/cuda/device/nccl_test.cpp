@@ -71,7 +71,7 @@ TEST_CASE("NCCL all_gather and all_to_all in single-process mode return the expe
     gpu::cuda::copy_async(a2a_in[r].data(), host_send[r].data(), count * world * sizeof(float), s);
   }
   {
-    nccl::group_guard all_ranks;  // one thread drives every rank
+    nccl::thread_group_guard all_ranks;  // one thread drives every rank
     for (int r = 0; r < world; ++r) {
       w.comms[r].all_gather(send[r].data(), gathered[r].data(), count, gpu::data_type::f32, w.streams[r]);
       gpu::group_guard p2p(w.comms[r]);

@@ -16,14 +16,14 @@ using cobatch::engine::test::thrown_by;
 namespace {
 
 // 0.8 of 1000 free bytes: an 800-byte budget per micro-batch.
-device_memory memory_with(std::uint64_t bytes_per_token) { return {1000, 0.8, bytes_per_token}; }
+activation_memory memory_with(std::uint64_t bytes_per_token) { return {1000, 0.8, bytes_per_token}; }
 
 double ns(fractional_ns d) { return d.count(); }
 
 }  // namespace
 
 TEST_CASE("memory picks the fewest micro-batches that fit the budget", "[engine][sizing][memory]") {
-  const device_memory m = memory_with(10);  // 80 tokens per micro-batch at most
+  const activation_memory m = memory_with(10);  // 80 tokens per micro-batch at most
   struct row {
     std::int64_t tokens;
     ubatch_count_limits limits;
@@ -76,7 +76,7 @@ TEST_CASE("memory that does not fit says by how much", "[engine][sizing][memory]
 }
 
 TEST_CASE("bad memory arguments are rejected", "[engine][sizing][memory]") {
-  const auto code_of = [](std::int64_t tokens, device_memory m, ubatch_count_limits l) {
+  const auto code_of = [](std::int64_t tokens, activation_memory m, ubatch_count_limits l) {
     return thrown_by([&] { (void)fit_to_memory(tokens, m, l); }).code();
   };
   CHECK(code_of(0, memory_with(10), {1, 4}) == errc::empty_batch);

@@ -6,12 +6,21 @@
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/stream.hpp"
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <system_error>
 #include <utility>
 
 namespace cobatch::gpu {
+
+/// Options of a communicator, the same for every backend.
+struct communicator_options {
+  /// How long a rank waits: for the others at a collective, and (NCCL) for
+  /// communicator creation and each call's enqueueing. Running out aborts
+  /// the communicator with errc::timeout. Zero waits forever (not recommended).
+  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+};
 
 enum class data_type { f32, f64, i32, i64, u8 };
 enum class reduce_op { sum, prod, min, max };

@@ -91,7 +91,7 @@ class composite_dispatcher {
   /// missing graph through the member (at(member).capture_if_missing) and
   /// launches. Throws engine_error(invalid_argument) when there are no members.
   composite_decision<Graph> dispatch(dispatch_key step, dispatch_options options = {},
-                                     stream_options placement = {}) {
+                                     stream_placement placement = {}) {
     auto [i, d] = choose(step, options, placement, obtain::caller_captures);
     members_[i].d->commit(d);
     ++members_[i].selected;
@@ -101,7 +101,7 @@ class composite_dispatcher {
   /// Chooses a member and runs the step through its runners
   /// (graph_dispatcher::run). Throws engine_error(invalid_argument) when
   /// there are no members or the chosen one has no runners.
-  composite_result run(dispatch_key step, dispatch_options options = {}, stream_options placement = {}) {
+  composite_result run(dispatch_key step, dispatch_options options = {}, stream_placement placement = {}) {
     auto [i, d] = choose(step, options, placement, obtain::member_captures);
     const dispatch_result r = members_[i].d->execute(d);
     ++members_[i].selected;
@@ -145,7 +145,7 @@ class composite_dispatcher {
   }
 
   std::pair<std::size_t, dispatch_decision<Graph>> choose(dispatch_key step, dispatch_options options,
-                                                          stream_options placement, obtain how) {
+                                                          stream_placement placement, obtain how) {
     if (members_.empty())
       throw_engine_error(errc::invalid_argument,
                          "composite_dispatcher: no members; add a dispatcher before dispatching");

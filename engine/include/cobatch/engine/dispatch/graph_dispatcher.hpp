@@ -53,7 +53,7 @@ struct graph_dispatcher_options {
 };
 
 /// Per-call placement: by key hash unless a stream is named.
-struct stream_options {
+struct stream_placement {
   std::optional<stream_index> stream{};
 };
 
@@ -140,7 +140,7 @@ class graph_dispatcher {
   /// counted cache lookup). Allocation-free with the default policy. A graph
   /// decision whose graph is not cached counts as uncaptured, not as a replay,
   /// until capture_if_missing() captures it.
-  decision dispatch(dispatch_key step, dispatch_options options = {}, stream_options placement = {}) {
+  decision dispatch(dispatch_key step, dispatch_options options = {}, stream_placement placement = {}) {
     decision d = preview(step, options, placement);
     commit(d);
     return d;
@@ -150,7 +150,7 @@ class graph_dispatcher {
   /// leaves hits, misses and recency alone (the policy is still consulted).
   /// For choosing among dispatchers (composite_dispatcher) before committing
   /// with execute().
-  decision preview(dispatch_key step, dispatch_options options = {}, stream_options placement = {}) {
+  decision preview(dispatch_key step, dispatch_options options = {}, stream_placement placement = {}) {
     decision d;
     d.step = step;
     d.route = router_.route(step, options);
@@ -192,7 +192,7 @@ class graph_dispatcher {
   /// runner on the unpadded step. Counts what ran. Throws
   /// engine_error(invalid_argument) when no runners are registered; what a
   /// runner throws propagates, and the step is then not counted.
-  dispatch_result run(dispatch_key step, dispatch_options options = {}, stream_options placement = {}) {
+  dispatch_result run(dispatch_key step, dispatch_options options = {}, stream_placement placement = {}) {
     require_runners();
     decision d = preview(step, options, placement);
     return execute(d);

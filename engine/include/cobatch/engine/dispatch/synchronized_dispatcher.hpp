@@ -50,7 +50,7 @@ class synchronized_dispatcher {
   }
 
   /// graph_dispatcher::run, atomically (routing, lookup, capture, launch).
-  dispatch_result run(dispatch_key step, dispatch_options options = {}, stream_options placement = {}) {
+  dispatch_result run(dispatch_key step, dispatch_options options = {}, stream_placement placement = {}) {
     std::lock_guard lock(mutex_);
     return d_.run(step, options, placement);
   }
@@ -58,7 +58,7 @@ class synchronized_dispatcher {
   /// The route dispatch() would take, counted as a decision: for callers that
   /// launch themselves and only need the mode and the padded key. The graph
   /// itself is reached through with_lock().
-  dispatch_route route(dispatch_key step, dispatch_options options = {}, stream_options placement = {}) {
+  dispatch_route route(dispatch_key step, dispatch_options options = {}, stream_placement placement = {}) {
     std::lock_guard lock(mutex_);
     return d_.dispatch(step, options, placement).route;
   }

@@ -24,7 +24,7 @@ struct ubatch_count_limits {
 // ---------------------------------------------------------------- memory ---
 
 /// What the device can give a step's activations.
-struct device_memory {
+struct activation_memory {
   std::uint64_t free_bytes = 0;
   /// Share of free_bytes a micro-batch's activations may take; the rest is
   /// headroom for fragmentation and allocations outside the model. (0, 1].
@@ -48,8 +48,8 @@ struct memory_fit {
 /// Throws engine_error: errc::no_capacity saying how far even the most
 /// micro-batches allowed exceed the budget; errc::invalid_argument,
 /// errc::negative_length or errc::empty_batch for bad arguments.
-memory_fit fit_to_memory(std::int64_t tokens, const device_memory& memory, ubatch_count_limits limits);
-memory_fit fit_to_memory(std::int64_t tokens, const device_memory& memory, ubatch_count_limits limits,
+memory_fit fit_to_memory(std::int64_t tokens, const activation_memory& memory, ubatch_count_limits limits);
+memory_fit fit_to_memory(std::int64_t tokens, const activation_memory& memory, ubatch_count_limits limits,
                          std::error_code& ec) noexcept;
 
 // ---------------------------------------------------------------- timing ---
@@ -169,9 +169,9 @@ struct sizing_decision {
 /// Memory is a floor (too few micro-batches do not fit), timing a preference
 /// above it: the count is max(memory's, timing's), both within `limits`.
 /// Throws what fit_to_memory and step_timing_model::choose throw.
-sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const device_memory& memory,
+sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const activation_memory& memory,
                                          const step_timing_model& timing, ubatch_count_limits limits);
-sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const device_memory& memory,
+sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const activation_memory& memory,
                                          const step_timing_model& timing, ubatch_count_limits limits,
                                          std::error_code& ec) noexcept;
 

@@ -30,13 +30,6 @@ using unique_id = std::array<std::byte, unique_id_size>;
 /// A fresh id (ncclGetUniqueId), made by rank 0 and shared with every rank.
 unique_id make_unique_id();
 
-struct communicator_options {
-  /// Bounds communicator creation, each call's enqueueing, and each
-  /// collective's completion; running out aborts the communicator with
-  /// errc::timeout. Zero waits forever (not recommended).
-  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
-};
-
 /// Rank `rank` of `world_size`, on `dev`. Every rank calls this with the
 /// same id. Throws cuda_error (nccl category) or std::system_error
 /// (errc::timeout, errc::invalid_argument).
@@ -59,14 +52,14 @@ std::vector<communicator> make_local_communicators(const std::vector<cuda_device
 /// collective waits for the others, so all must be issued before any is
 /// waited for. gpu::group_guard opens the same kind of group, limited to one
 /// communicator; both nest.
-class group_guard {
+class thread_group_guard {
  public:
-  group_guard();
-  group_guard(const group_guard&) = delete;
-  group_guard& operator=(const group_guard&) = delete;
+  thread_group_guard();
+  thread_group_guard(const thread_group_guard&) = delete;
+  thread_group_guard& operator=(const thread_group_guard&) = delete;
   /// Ends the group if end() was not called; never throws (the streams of
   /// the grouped calls report a failure).
-  ~group_guard();
+  ~thread_group_guard();
   /// Issues the grouped calls; throws if that fails.
   void end();
 

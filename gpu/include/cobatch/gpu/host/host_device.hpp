@@ -76,12 +76,6 @@ class host_device final : public device {
   std::shared_ptr<buffer::accounting> accounting_;
 };
 
-struct communicator_options {
-  /// How long a rank waits for the others at a collective before the
-  /// communicator is aborted with errc::timeout. Zero waits forever.
-  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
-};
-
 /// Creates `world_size` connected ranks in this process; element r is rank r.
 std::vector<communicator> make_communicators(int world_size, communicator_options options = {});
 
