@@ -63,7 +63,18 @@ ubatch_step::hook_runner ubatch_step::run_hooks(ubatch_step& step, std::int32_t 
 }
 
 ubatch_step::ubatch_step(std::int32_t count, timeline* trace)
-    : slots_(static_cast<std::size_t>(count)), trace_(trace), live_(count) {}
+    : slots_(static_cast<std::size_t>(count)),
+      order_(static_cast<std::size_t>(count)),
+      position_(static_cast<std::size_t>(count)),
+      trace_(trace),
+      live_(count) {
+  for (std::int32_t i = 0; i < count; ++i) order_[i] = position_[i] = i;
+}
+
+void ubatch_step::set_order(const std::vector<std::int32_t>& order) {
+  order_ = order;
+  for (std::int32_t p = 0; p < count(); ++p) position_[order_[p]] = p;
+}
 
 ubatch_step::~ubatch_step() { detach_parent(); }
 
@@ -76,7 +87,7 @@ std::coroutine_handle<> ubatch_step::start(std::coroutine_handle<> parent, asio:
     parent_slot_.assign([this](asio::cancellation_type type) { cancel_from_parent(type); });
   }
   if (slots_.empty()) return parent_;
-  return resume_slot(0);
+  return resume_slot(order_[0]);
 }
 
 void ubatch_step::cancel_from_parent(asio::cancellation_type type) noexcept {
@@ -100,8 +111,9 @@ std::coroutine_handle<> ubatch_step::resume_slot(std::int32_t j) noexcept {
 
 std::coroutine_handle<> ubatch_step::next_after(std::int32_t i) noexcept {
   const std::int32_t n = count();
+  const std::int32_t p = position_[i];
   for (std::int32_t k = 1; k <= n; ++k) {
-    const std::int32_t j = (i + k) % n;
+    const std::int32_t j = order_[(p + k) % n];
     auto& s = slots_[j];
     if (s.st == state::not_started) {
       if (cancelled_) {
@@ -182,9 +194,10 @@ void ubatch_step::fail(std::int32_t i, std::exception_ptr error) noexcept {
 
 void ubatch_step::add_hook(std::int32_t registrant, coro::task<void> hook) {
   const std::int32_t n = count();
+  const std::int32_t p = position_[registrant];
   std::int32_t target = registrant;
   for (std::int32_t k = 1; k < n; ++k) {
-    const std::int32_t j = (registrant + k) % n;
+    const std::int32_t j = order_[(p + k) % n];
     if (slots_[j].st != state::finished) {
       target = j;
       break;

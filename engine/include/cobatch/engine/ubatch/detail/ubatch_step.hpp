@@ -38,6 +38,10 @@ class ubatch_step {
 
   std::int32_t count() const noexcept { return static_cast<std::int32_t>(slots_.size()); }
 
+  /// The order in which micro-batches take turns: a permutation of
+  /// 0 .. count-1 (identity by default), validated by the scheduler.
+  void set_order(const std::vector<std::int32_t>& order);
+
   /// Micro-batch i's coroutine, suspended before its first statement.
   void set_runner(std::int32_t i, std::coroutine_handle<> h) noexcept { slots_[i].handle = h; }
 
@@ -104,6 +108,8 @@ class ubatch_step {
   void cancel_from_parent(asio::cancellation_type type) noexcept;
 
   std::vector<slot_state> slots_;
+  std::vector<std::int32_t> order_;     // turn position -> micro-batch
+  std::vector<std::int32_t> position_;  // micro-batch -> turn position
   timeline* trace_;
   std::coroutine_handle<> parent_;
   asio::any_io_executor executor_;
