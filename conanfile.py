@@ -109,7 +109,8 @@ class CobatchConan(ConanFile):
         coro = self.cpp_info.components["coro"]
         coro.set_property("cmake_target_name", "cobatch::coro")
         coro.libs = ["cobatch_coro"]
-        coro.defines = ["ASIO_STANDALONE", "ASIO_NO_DEPRECATED"]
+        # ASIO_HAS_CO_AWAIT: as cobatch::coro's usage requirement (coro/CMakeLists.txt).
+        coro.defines = ["ASIO_STANDALONE", "ASIO_NO_DEPRECATED", "ASIO_HAS_CO_AWAIT=1"]
         coro.requires = ["asio::asio", "concurrentqueue::concurrentqueue"]
         if self.settings.os in ("Linux", "FreeBSD"):
             coro.system_libs = ["pthread"]

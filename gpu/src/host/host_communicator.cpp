@@ -259,11 +259,11 @@ class host_communicator final : public detail::communicator_impl {
       s->enqueue([shared = shared_, rank = rank_, mine = std::move(mine)] {
         std::vector<std::shared_ptr<rendezvous::letter>> posted;
         for (const auto& op : mine) {
-          if (op.kind == p2p::send) posted.push_back(shared->post(rank, op.peer, op.send_buf, op.bytes));
+          if (op.kind == p2p::op_kind::send) posted.push_back(shared->post(rank, op.peer, op.send_buf, op.bytes));
         }
         for (const auto& op : mine) {
-          if (op.kind == p2p::recv) shared->recv(op.peer, rank, op.recv_buf, op.bytes);
-          if (op.kind == p2p::self_copy) std::memcpy(op.recv_buf, op.send_buf, op.bytes);
+          if (op.kind == p2p::op_kind::recv) shared->recv(op.peer, rank, op.recv_buf, op.bytes);
+          if (op.kind == p2p::op_kind::self_copy) std::memcpy(op.recv_buf, op.send_buf, op.bytes);
         }
         for (const auto& l : posted) shared->wait_taken(*l);
       });
@@ -273,12 +273,12 @@ class host_communicator final : public detail::communicator_impl {
   void send(const void* buf, std::size_t count, data_type t, int peer, detail::stream_impl& s) override {
     check_peer(peer);
     check_grouped("send");
-    grouped_.push_back({p2p::send, peer, buf, nullptr, count * size_of(t), &s});
+    grouped_.push_back({p2p::op_kind::send, peer, buf, nullptr, count * size_of(t), &s});
   }
   void recv(void* buf, std::size_t count, data_type t, int peer, detail::stream_impl& s) override {
     check_peer(peer);
     check_grouped("recv");
-    grouped_.push_back({p2p::recv, peer, nullptr, buf, count * size_of(t), &s});
+    grouped_.push_back({p2p::op_kind::recv, peer, nullptr, buf, count * size_of(t), &s});
   }
   void all_to_all(const void* send, void* recv, std::size_t count, data_type t, detail::stream_impl& s) override {
     check_grouped("all_to_all");
@@ -296,10 +296,10 @@ class host_communicator final : public detail::communicator_impl {
     for (int r = 0; r < size(); ++r) {
       const auto offset = slice * static_cast<std::size_t>(r);
       if (r == rank_) {
-        grouped_.push_back({p2p::self_copy, r, in + offset, out + offset, slice, &s});
+        grouped_.push_back({p2p::op_kind::self_copy, r, in + offset, out + offset, slice, &s});
       } else {
-        grouped_.push_back({p2p::send, r, in + offset, nullptr, slice, &s});
-        grouped_.push_back({p2p::recv, r, nullptr, out + offset, slice, &s});
+        grouped_.push_back({p2p::op_kind::send, r, in + offset, nullptr, slice, &s});
+        grouped_.push_back({p2p::op_kind::recv, r, nullptr, out + offset, slice, &s});
       }
     }
   }
@@ -334,7 +334,7 @@ class host_communicator final : public detail::communicator_impl {
   }
 
   struct p2p {
-    enum kind_type { send, recv, self_copy } kind;
+    enum class op_kind { send, recv, self_copy } kind;
     int peer;
     const void* send_buf;
     void* recv_buf;

@@ -58,7 +58,7 @@ class async_event {
   template <typename Token>
   auto async_wait(Token&& token) {
     return asio::async_initiate<Token, void(std::error_code)>(
-        [this](auto handler) { start_wait(std::move(handler)); }, token);
+        [this](auto handler) { this->start_wait(std::move(handler)); }, token);
   }
 
  private:

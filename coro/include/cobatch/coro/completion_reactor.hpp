@@ -92,7 +92,7 @@ class completion_reactor {
   template <pollable_fence Fence, typename Token>
   auto async_wait(Fence fence, Token&& token) {
     return asio::async_initiate<Token, void(std::error_code)>(
-        [this](auto handler, Fence f) { submit_wait(std::move(f), std::move(handler)); }, token,
+        [this](auto handler, Fence f) { this->submit_wait(std::move(f), std::move(handler)); }, token,
         std::move(fence));
   }
 

@@ -71,8 +71,8 @@ class when_all_child {
     struct final_awaiter {
       bool await_ready() noexcept { return false; }
       std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> h) noexcept {
-        auto* shared = h.promise().shared;
-        if (shared->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) return shared->parent;
+        auto* state = h.promise().shared;
+        if (state->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) return state->parent;
         return std::noop_coroutine();
       }
       void await_resume() noexcept {}

@@ -20,6 +20,7 @@
 
 #include <cobatch/coro/task.hpp>
 #include <cobatch/engine/ubatch/detail/ubatch_step.hpp>
+#include <cobatch/engine/ubatch/switch_kind.hpp>
 #include <cobatch/engine/ubatch/ubatch_slicing.hpp>
 #include <cobatch/gpu/event.hpp>
 #include <cobatch/gpu/stream.hpp>
@@ -37,6 +38,7 @@
 namespace cobatch::engine {
 
 class timeline;
+class ubatch_scheduler;
 
 namespace detail {
 // A hook given as a plain function runs as a task like any other hook.
@@ -70,21 +72,6 @@ class ubatch_context {
     ubatch_context* ctx_;
     switch_kind kind_;
   };
-
-  /// Used by ubatch_scheduler; `slice` may be null for a step run without a plan.
-  ubatch_context(detail::ubatch_step& step, std::int32_t index, gpu::stream_ref compute, gpu::stream_ref comm,
-                 gpu::event_ref compute_done, gpu::event_ref comm_done, const ubatch* slice,
-                 timeline* trace, std::string_view compute_lane, std::string_view comm_lane) noexcept
-      : step_(&step),
-        index_(index),
-        compute_(compute),
-        comm_(comm),
-        compute_done_(compute_done),
-        comm_done_(comm_done),
-        slice_(slice),
-        trace_(trace),
-        compute_lane_(compute_lane),
-        comm_lane_(comm_lane) {}
 
   ubatch_context(const ubatch_context&) = delete;
   ubatch_context& operator=(const ubatch_context&) = delete;
@@ -146,11 +133,28 @@ class ubatch_context {
   /// label); free when the step has no timeline.
   void label(std::string_view name);
 
-  /// Used by ubatch_scheduler: opens the first device span; closes the last.
+ private:
+  // Only a scheduler makes contexts, one per micro-batch of a step it runs;
+  // `slice` is null for a step run without a plan.
+  friend class ubatch_scheduler;
+  ubatch_context(detail::ubatch_step& step, std::int32_t index, gpu::stream_ref compute, gpu::stream_ref comm,
+                 gpu::event_ref compute_done, gpu::event_ref comm_done, const ubatch* slice,
+                 timeline* trace, std::string_view compute_lane, std::string_view comm_lane) noexcept
+      : step_(&step),
+        index_(index),
+        compute_(compute),
+        comm_(comm),
+        compute_done_(compute_done),
+        comm_done_(comm_done),
+        slice_(slice),
+        trace_(trace),
+        compute_lane_(compute_lane),
+        comm_lane_(comm_lane) {}
+
+  // The scheduler opens the first device span and closes the last.
   void begin_trace() { open_span(); }
   void end_trace() { close_span(); }
 
- private:
   // A device span opens when the micro-batch resumes, not when it switches:
   // on a shared stream the other micro-batches' work comes in between.
   void open_span();

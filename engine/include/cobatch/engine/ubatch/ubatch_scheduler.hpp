@@ -140,6 +140,14 @@ class ubatch_scheduler {
   }
 
  private:
+  // A deque element that builds a context in place: the context's
+  // constructor is private to the scheduler.
+  struct context_slot {
+    ubatch_context ctx;
+    template <class... A>
+    explicit context_slot(A&&... a) noexcept : ctx(std::forward<A>(a)...) {}
+  };
+
   struct step_guard {
     ubatch_scheduler* self;
     ~step_guard() { self->running_ = false; }
@@ -188,7 +196,7 @@ class ubatch_scheduler {
     detail::ubatch_step step(count, trace_);
     if (!options.turn_order.empty()) step.set_order(order_);
     std::vector<slot_type> outputs(static_cast<std::size_t>(count));
-    std::deque<ubatch_context> contexts;
+    std::deque<context_slot> contexts;
     std::vector<detail::ubatch_runner> runners;
     runners.reserve(static_cast<std::size_t>(count));
     std::vector<ubatch> slices;
@@ -200,7 +208,7 @@ class ubatch_scheduler {
       contexts.emplace_back(step, i, compute_stream(i), comm_stream(i), compute_done_[i].ref(),
                             comm_done_[i].ref(), plan != nullptr ? &slices[i] : nullptr, trace_,
                             compute_lane(i), comm_lane(i));
-      runners.push_back(run_one(fn, contexts.back(), outputs[i]));
+      runners.push_back(run_one(fn, contexts.back().ctx, outputs[i]));
       auto& p = runners.back().handle().promise();
       p.step = &step;
       p.index = i;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cobatch/coro/task.hpp>
+#include <cobatch/engine/ubatch/switch_kind.hpp>
 
 #include <asio/any_io_executor.hpp>
 #include <asio/cancellation_signal.hpp>
@@ -19,13 +20,6 @@
 namespace cobatch::engine {
 
 class timeline;
-
-/// Where a micro-batch hands over to the next one.
-enum class switch_kind : std::uint8_t {
-  yield,       ///< hand over; streams untouched
-  to_comm,     ///< compute -> communication: the comm stream waits for the compute stream's work so far
-  to_compute,  ///< communication -> compute: the compute stream waits for the comm stream's work so far
-};
 
 namespace detail {
 
