@@ -129,9 +129,9 @@ class ubatch_forward {
 
  private:
   template <class Result, class Value, class... Ins>
-  coro::task<Result> call(batch_view batch, std::int32_t padded, token_rows<Ins>... inputs) {
-    const std::int32_t n = options_.choose ? options_.choose(batch, padded) : options_.num_ubatches;
-    const ubatch_plan plan = slice_batch(batch, {n, padded}, options_.slicing);
+  coro::task<Result> call(batch_view batch, std::int32_t padded_tokens, token_rows<Ins>... inputs) {
+    const std::int32_t n = options_.choose ? options_.choose(batch, padded_tokens) : options_.num_ubatches;
+    const ubatch_plan plan = slice_batch(batch, {n, padded_tokens}, options_.slicing);
     // Every input must cover the rows its micro-batches read: checked before
     // any micro-batch runs, so a short input fails the call, not a step.
     std::int32_t which = 0;
