@@ -4,6 +4,7 @@
 #include "cobatch/gpu/host/host_device.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
+#include <asio/bind_executor.hpp>
 #include <asio/cancellation_signal.hpp>
 #include <asio/error.hpp>
 #include <catch2/catch.hpp>
@@ -99,7 +100,8 @@ TEST_CASE("synchronize reports the first failed stream after waiting for all", "
 TEST_CASE("synchronize of no streams completes, posted", "[gpu][synchronize]") {
   fixture f;
   std::optional<std::error_code> done;
-  gpu::async_synchronize(std::span<const gpu::stream_ref>{}, [&](std::error_code ec) { done = ec; });
+  gpu::async_synchronize(std::span<const gpu::stream_ref>{},
+                         asio::bind_executor(f.loop.get_executor(), [&](std::error_code ec) { done = ec; }));
   CHECK_FALSE(done);
   f.run_until(done);
   CHECK(*done == std::error_code{});

@@ -75,14 +75,18 @@ struct synchronize_op {
 /// caller may free what the work used once it returns); operation_aborted
 /// when cancelled. Cancellation: terminal, partial, total; the remaining
 /// waits are abandoned, not the streams' work. The handler runs on its
-/// associated executor, never inside this call. An empty list completes
-/// (posted) with success.
+/// associated executor (by default, that of the first stream's reactor, as
+/// for stream_ref::async_wait), never inside this call. An empty list
+/// completes with success, posted to the handler's associated executor (the
+/// system executor when it has none).
 template <typename Token>
 auto async_synchronize(std::span<const stream_ref> streams, Token&& token) {
   detail::synchronize_op op;
   op.waits.reserve(streams.size());
   for (const stream_ref& s : streams) op.waits.push_back({&s.impl().reactor(), s.mark()});
-  return asio::async_compose<Token, void(std::error_code)>(std::move(op), token);
+  if (streams.empty()) return asio::async_compose<Token, void(std::error_code)>(std::move(op), token);
+  const auto executor = streams.front().impl().reactor().get_executor();
+  return asio::async_compose<Token, void(std::error_code)>(std::move(op), token, executor);
 }
 
 /// async_synchronize over every compute and communication stream of `pool`
