@@ -63,17 +63,18 @@ ubatch_step::hook_runner ubatch_step::run_hooks(ubatch_step& step, std::int32_t 
 }
 
 ubatch_step::ubatch_step(std::int32_t count, timeline* trace)
-    : slots_(static_cast<std::size_t>(count)),
-      order_(static_cast<std::size_t>(count)),
-      position_(static_cast<std::size_t>(count)),
-      trace_(trace),
-      live_(count) {
-  for (std::int32_t i = 0; i < count; ++i) order_[i] = position_[i] = i;
-}
+    : slots_(static_cast<std::size_t>(count)), trace_(trace), live_(count) {}
 
 void ubatch_step::set_order(const std::vector<std::int32_t>& order) {
   order_ = order;
+  position_.resize(order_.size());
   for (std::int32_t p = 0; p < count(); ++p) position_[order_[p]] = p;
+}
+
+std::int32_t ubatch_step::turn_after(std::int32_t i, std::int32_t k) const noexcept {
+  const std::int32_t n = count();
+  if (order_.empty()) return (i + k) % n;
+  return order_[(position_[i] + k) % n];
 }
 
 ubatch_step::~ubatch_step() { detach_parent(); }
@@ -87,7 +88,7 @@ std::coroutine_handle<> ubatch_step::start(std::coroutine_handle<> parent, asio:
     parent_slot_.assign([this](asio::cancellation_type type) { cancel_from_parent(type); });
   }
   if (slots_.empty()) return parent_;
-  return resume_slot(order_[0]);
+  return resume_slot(order_.empty() ? 0 : order_[0]);
 }
 
 void ubatch_step::cancel_from_parent(asio::cancellation_type type) noexcept {
@@ -111,9 +112,8 @@ std::coroutine_handle<> ubatch_step::resume_slot(std::int32_t j) noexcept {
 
 std::coroutine_handle<> ubatch_step::next_after(std::int32_t i) noexcept {
   const std::int32_t n = count();
-  const std::int32_t p = position_[i];
   for (std::int32_t k = 1; k <= n; ++k) {
-    const std::int32_t j = order_[(p + k) % n];
+    const std::int32_t j = turn_after(i, k);
     auto& s = slots_[j];
     if (s.st == state::not_started) {
       if (cancelled_) {
@@ -194,10 +194,9 @@ void ubatch_step::fail(std::int32_t i, std::exception_ptr error) noexcept {
 
 void ubatch_step::add_hook(std::int32_t registrant, coro::task<void> hook) {
   const std::int32_t n = count();
-  const std::int32_t p = position_[registrant];
   std::int32_t target = registrant;
   for (std::int32_t k = 1; k < n; ++k) {
-    const std::int32_t j = order_[(p + k) % n];
+    const std::int32_t j = turn_after(registrant, k);
     if (slots_[j].st != state::finished) {
       target = j;
       break;
