@@ -139,9 +139,17 @@ TEST_CASE("decision-only dispatch counts an uncaptured graph apart until it is c
   CHECK(d.stats().uncaptured() == 0);
   CHECK(d.stats().eager_fallbacks() == 1);
   CHECK(d.stats().total_dispatches() == 2);
-  // Executing it again counts nothing more.
+  // Executing it again counts nothing more, and settles no other decision.
+  auto pending = d.dispatch(dispatch_key::mixed(300, 3));
+  REQUIRE(pending.accounting == decision_accounting::uncaptured);
   d.execute(other);
-  CHECK(d.stats().total_dispatches() == 2);
+  CHECK(d.stats().total_dispatches() == 3);
+  CHECK(d.stats().uncaptured() == 1);
+  CHECK(d.stats().eager_fallbacks() == 1);
+  d.execute(pending);
+  CHECK(d.stats().uncaptured() == 0);
+  CHECK(d.stats().eager_fallbacks() == 2);
+  CHECK(d.stats().total_dispatches() == 3);
 }
 
 TEST_CASE("a graph larger than the cache's byte bound runs eagerly", "[engine][dispatch][run]") {

@@ -59,8 +59,9 @@ struct stream_placement {
 
 /// Whether a decision is already in the dispatcher's statistics.
 enum class decision_accounting : std::uint8_t {
-  uncounted,  ///< from preview(): execute() counts it
-  counted,    ///< from dispatch(): counted when it was made
+  uncounted,   ///< from preview(): commit() or execute() counts it
+  counted,     ///< counted in the mode it ran (or will run) in
+  uncaptured,  ///< counted as waiting for its graph: capture_if_missing() or execute() settles it
 };
 
 template <class Graph>
@@ -164,13 +165,15 @@ class graph_dispatcher {
   /// that chose it among several and will capture and launch it themselves.
   /// Does nothing to a decision already counted.
   void commit(decision& d) noexcept {
-    if (d.accounting == decision_accounting::counted) return;
-    d.accounting = decision_accounting::counted;
+    if (d.accounting != decision_accounting::uncounted) return;
     if (d.route.mode != dispatch_mode::eager) d.entry = caches_[index(d.stream)].find(d.route.graph());
-    if (d.needs_capture())
+    if (d.needs_capture()) {
       stats_.record_uncaptured();
-    else
+      d.accounting = decision_accounting::uncaptured;
+    } else {
       stats_.record_dispatch(d.route.mode);
+      d.accounting = decision_accounting::counted;
+    }
   }
 
   /// Registers the functions run() calls. Throws engine_error
@@ -211,8 +214,8 @@ class graph_dispatcher {
       return {dispatch_outcome::eager, d.route, d.stream, d.route};
     }
     graph_cache<Graph>& c = caches_[index(d.stream)];
-    const bool was_uncaptured = d.accounting == decision_accounting::counted && d.entry == nullptr;
-    d.entry = d.accounting == decision_accounting::counted ? c.peek(d.route.graph()) : c.find(d.route.graph());
+    const bool was_uncaptured = d.accounting == decision_accounting::uncaptured;
+    d.entry = d.accounting == decision_accounting::uncounted ? c.find(d.route.graph()) : c.peek(d.route.graph());
     dispatch_outcome outcome = dispatch_outcome::replayed;
     if (d.entry == nullptr && runners_.capture) {
       try {
@@ -264,7 +267,10 @@ class graph_dispatcher {
         d.entry = &c.insert(d.route.graph(),
                             static_cast<captured_graph<Graph>>(capture(d.route.graph(), d.stream)));
       // The decision counted as uncaptured now has its graph: a replay.
-      if (d.accounting == decision_accounting::counted) stats_.resolve_uncaptured(d.route.mode);
+      if (d.accounting == decision_accounting::uncaptured) {
+        stats_.resolve_uncaptured(d.route.mode);
+        d.accounting = decision_accounting::counted;
+      }
     }
     return d.entry;
   }
