@@ -162,7 +162,7 @@ fault decide(step_phase phase, std::int64_t tokens, const activation_memory& mem
 memory_fit fit_to_memory(std::int64_t tokens, const activation_memory& memory, ubatch_count_limits limits) {
   memory_fit out;
   std::string text;
-  if (const fault f = fit(tokens, memory, limits, out, &text)) detail::raise(f, text);
+  if (const fault f = fit(tokens, memory, limits, out, &text)) detail::raise(f, "fit_to_memory", text);
   return out;
 }
 
@@ -176,26 +176,26 @@ memory_fit fit_to_memory(std::int64_t tokens, const activation_memory& memory, u
 
 step_timing_model::step_timing_model(const timing_options& options) : options_(options) {
   if (!(options.ema_alpha > 0.0 && options.ema_alpha <= 1.0)) {
-    throw_engine_error(errc::invalid_argument, detail::cat("ema_alpha=", options.ema_alpha, " is outside (0, 1]"));
+    throw_engine_error(errc::invalid_argument, detail::cat("step_timing_model: ema_alpha=", options.ema_alpha, " is outside (0, 1]"));
   }
   if (options.per_ubatch_overhead.count() < 0) {
-    throw_engine_error(errc::invalid_argument, detail::cat("per_ubatch_overhead=",
+    throw_engine_error(errc::invalid_argument, detail::cat("step_timing_model: per_ubatch_overhead=",
                                                            options.per_ubatch_overhead.count(),
                                                            "ns is negative"));
   }
   if (!(options.overlappable_fraction >= 0.0 && options.overlappable_fraction <= 0.5)) {
-    throw_engine_error(errc::invalid_argument, detail::cat("overlappable_fraction=", options.overlappable_fraction,
+    throw_engine_error(errc::invalid_argument, detail::cat("step_timing_model: overlappable_fraction=", options.overlappable_fraction,
                                                            " is outside [0, 0.5]"));
   }
   if (options.target_step_time.count() <= 0) {
-    throw_engine_error(errc::invalid_argument, detail::cat("target_step_time=", options.target_step_time.count(),
+    throw_engine_error(errc::invalid_argument, detail::cat("step_timing_model: target_step_time=", options.target_step_time.count(),
                                                            "ns must be positive"));
   }
 }
 
 void step_timing_model::record(const step_sample& sample) {
   std::string text;
-  if (const fault f = check_sample(sample, &text)) detail::raise(f, text);
+  if (const fault f = check_sample(sample, &text)) detail::raise(f, "step_timing_model::record", text);
   std::error_code ignored;
   record(sample, ignored);
 }
@@ -237,7 +237,9 @@ std::optional<fractional_ns> step_timing_model::predict(step_phase phase, std::i
 timing_choice step_timing_model::choose(step_phase phase, std::int64_t tokens, ubatch_count_limits limits) const {
   timing_choice out;
   std::string text;
-  if (const fault f = choose_count(*this, phase, tokens, limits, out, &text)) detail::raise(f, text);
+  if (const fault f = choose_count(*this, phase, tokens, limits, out, &text)) {
+    detail::raise(f, "step_timing_model::choose", text);
+  }
   return out;
 }
 
@@ -245,7 +247,9 @@ sizing_decision choose_ubatch_count(step_phase phase, std::int64_t tokens, const
                                          const step_timing_model& timing, ubatch_count_limits limits) {
   sizing_decision out;
   std::string text;
-  if (const fault f = decide(phase, tokens, memory, timing, limits, out, &text)) detail::raise(f, text);
+  if (const fault f = decide(phase, tokens, memory, timing, limits, out, &text)) {
+    detail::raise(f, "choose_ubatch_count", text);
+  }
   return out;
 }
 

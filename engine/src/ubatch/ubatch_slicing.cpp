@@ -278,7 +278,7 @@ ubatch ubatch_plan::operator[](std::int32_t k) const noexcept {
 ubatch ubatch_plan::at(std::int32_t k) const {
   if (k < 0 || k >= size()) {
     throw_engine_error(errc::invalid_argument,
-                       detail::cat("micro-batch ", k, " is out of range of a plan of ", size()));
+                       detail::cat("ubatch_plan::at: micro-batch ", k, " is out of range of a plan of ", size()));
   }
   return (*this)[k];
 }
@@ -294,7 +294,7 @@ void slice_batch(const batch_view& batch, const slice_request& request, const sl
   std::string text;
   if (const detail::fault f = detail::slice(batch, request, policy, plan, &text)) {
     detail::plan_builder::clear(plan);
-    detail::raise(f, text);
+    detail::raise(f, "slice_batch", text);
   }
 }
 
@@ -327,16 +327,16 @@ namespace detail {
 row_range ubatch_rows(const ubatch_plan& plan, std::int32_t k, token_extent extent, std::int64_t available) {
   if (k < 0 || k >= plan.size()) {
     throw_engine_error(errc::invalid_argument,
-                       cat("micro-batch ", k, " is out of range of a plan of ", plan.size()));
+                       cat("ubatch_rows: micro-batch ", k, " is out of range of a plan of ", plan.size()));
   }
   if (extent != token_extent::real && extent != token_extent::padded) {
-    throw_engine_error(errc::unknown_mode, cat("token_extent=", static_cast<int>(extent), " is not a token_extent"));
+    throw_engine_error(errc::unknown_mode, cat("ubatch_rows: token_extent=", static_cast<int>(extent), " is not a token_extent"));
   }
   const ubatch u = plan[k];
   const std::int64_t end = extent == token_extent::real ? u.token_end : std::int64_t{u.token_begin} + u.padded_tokens;
   if (end > available) {
     throw_engine_error(errc::invalid_argument,
-                       cat("micro-batch ", k, " covers rows [", u.token_begin, ", ", end,
+                       cat("ubatch_rows: micro-batch ", k, " covers rows [", u.token_begin, ", ", end,
                            ") but the input has ", available, " rows"));
   }
   return {u.token_begin, end};

@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -197,6 +198,26 @@ TEST_CASE("an awaiting hook waits for the registrant's communication", "[engine]
   };
   coro::sync_wait(f.loop, f.scheduler.run(2, body));
   CHECK(observed == std::vector<int>{42});
+}
+
+TEST_CASE("a task-returning hook's captures live as long as its task", "[engine][ubatch_scheduler][hook]") {
+  // The lambda is called when registered, but its task runs at the next
+  // switch: the captures (here a heap payload) must still be there then.
+  fixture f;
+  std::vector<int> seen;
+  auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
+    if (ctx.index() == 0) {
+      auto payload = std::make_unique<std::vector<int>>(std::vector<int>{7, 8, 9});
+      ctx.on_next_switch([payload = std::move(payload), &seen]() -> coro::task<void> {
+        co_await std::suspend_never{};
+        seen.insert(seen.end(), payload->begin(), payload->end());
+      });
+    }
+    co_await ctx.yield();
+    co_await ctx.yield();
+  };
+  coro::sync_wait(f.loop, f.scheduler.run(2, body));
+  CHECK(seen == std::vector<int>{7, 8, 9});
 }
 
 TEST_CASE("a step never hangs when any micro-batch fails at any switch", "[engine][ubatch_scheduler][failure]") {

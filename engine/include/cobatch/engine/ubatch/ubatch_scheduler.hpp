@@ -22,7 +22,7 @@
 #pragma once
 
 #include <cobatch/coro/task.hpp>
-#include <cobatch/engine/ubatch/detail/ubatch_runner.hpp>
+#include <cobatch/coro/detail/driver.hpp>
 #include <cobatch/engine/ubatch/detail/ubatch_step.hpp>
 #include <cobatch/engine/ubatch/ubatch_context.hpp>
 #include <cobatch/engine/ubatch/ubatch_slicing.hpp>
@@ -153,8 +153,10 @@ class ubatch_scheduler {
     ~step_guard() { self->running_ = false; }
   };
 
+  // Micro-batch ctx.index()'s driver: it reports to the step (ubatch_step
+  // is its driver_owner) when fn's task returns or throws.
   template <class F, class Out>
-  static detail::ubatch_runner run_one(F& fn, ubatch_context& ctx, Out& out) {
+  static coro::detail::driver run_one(F& fn, ubatch_context& ctx, Out& out) {
     ctx.begin_trace();
     if constexpr (std::is_void_v<ubatch_value_t<F>>) {
       co_await fn(ctx);
@@ -166,7 +168,7 @@ class ubatch_scheduler {
 
   struct step_awaiter {
     detail::ubatch_step& step;
-    std::vector<detail::ubatch_runner>& runners;
+    std::vector<coro::detail::driver>& runners;
     bool await_ready() const noexcept { return false; }
     template <class P>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) {
@@ -176,10 +178,7 @@ class ubatch_scheduler {
         ex = parent.promise().executor();
         slot = parent.promise().cancellation_slot();
       }
-      for (auto& r : runners) {
-        r.handle().promise().set_executor(ex);
-        r.handle().promise().set_cancellation_slot(step.slot());
-      }
+      for (std::size_t i = 0; i < runners.size(); ++i) runners[i].bind(step, i, ex, step.slot());
       return step.start(parent, std::move(ex), slot);
     }
     void await_resume() const noexcept {}
@@ -197,7 +196,7 @@ class ubatch_scheduler {
     if (!options.turn_order.empty()) step.set_order(order_);
     std::vector<slot_type> outputs(static_cast<std::size_t>(count));
     std::deque<context_slot> contexts;
-    std::vector<detail::ubatch_runner> runners;
+    std::vector<coro::detail::driver> runners;
     runners.reserve(static_cast<std::size_t>(count));
     std::vector<ubatch> slices;
     if (plan != nullptr) {
@@ -209,9 +208,6 @@ class ubatch_scheduler {
                             comm_done_[i].ref(), plan != nullptr ? &slices[i] : nullptr, trace_,
                             compute_lane(i), comm_lane(i));
       runners.push_back(run_one(fn, contexts.back().ctx, outputs[i]));
-      auto& p = runners.back().handle().promise();
-      p.step = &step;
-      p.index = i;
       step.set_runner(i, runners.back().handle());
     }
     co_await step_awaiter{step, runners};
