@@ -214,9 +214,9 @@ fault from_ranges(const batch_view& b, std::span<const ubatch_range> ranges, std
   batch_shape shape;
   if (const fault f = check_batch(b, shape, detail)) return f;
   const auto n = static_cast<std::int32_t>(ranges.size());
-  if (n == 0) return fail(detail, errc::empty_batch, "plan_from_ranges: no ranges");
+  if (n == 0) return fail(detail, errc::empty_batch, "no ranges");
   if (padded < shape.num_tokens) {
-    return fail(detail, errc::invalid_argument, "plan_from_ranges: padded_tokens=", padded,
+    return fail(detail, errc::invalid_argument, "padded_tokens=", padded,
                 " is less than num_tokens=", shape.num_tokens);
   }
   std::vector<std::int64_t> cuts(static_cast<std::size_t>(n));
@@ -224,23 +224,23 @@ fault from_ranges(const batch_view& b, std::span<const ubatch_range> ranges, std
   for (std::int32_t k = 0; k < n; ++k) {
     const ubatch_range& r = ranges[static_cast<std::size_t>(k)];
     if (r.token_begin != expect) {
-      return fail(detail, errc::invalid_argument, "plan_from_ranges: range ", k, " begins at token ",
+      return fail(detail, errc::invalid_argument, "range ", k, " begins at token ",
                   r.token_begin, "; it must begin at ", expect,
                   k == 0 ? " (the batch's first token)" : " (where the previous range ends)");
     }
     if (r.token_end <= r.token_begin) {
-      return fail(detail, errc::invalid_argument, "plan_from_ranges: range ", k, " [", r.token_begin, ", ",
+      return fail(detail, errc::invalid_argument, "range ", k, " [", r.token_begin, ", ",
                   r.token_end, ") has no real tokens");
     }
     if (r.token_end > shape.num_tokens) {
-      return fail(detail, errc::invalid_argument, "plan_from_ranges: range ", k, " ends at token ", r.token_end,
+      return fail(detail, errc::invalid_argument, "range ", k, " ends at token ", r.token_end,
                   ", past the batch's ", shape.num_tokens, " tokens");
     }
     cuts[static_cast<std::size_t>(k)] = r.token_begin;
     expect = r.token_end;
   }
   if (expect != shape.num_tokens) {
-    return fail(detail, errc::invalid_argument, "plan_from_ranges: the ranges end at token ", expect,
+    return fail(detail, errc::invalid_argument, "the ranges end at token ", expect,
                 "; the batch has ", shape.num_tokens);
   }
   plan_builder::build(plan, b, cuts, padded);
@@ -248,7 +248,7 @@ fault from_ranges(const batch_view& b, std::span<const ubatch_range> ranges, std
     const ubatch_range& r = ranges[static_cast<std::size_t>(k)];
     const ubatch built = plan[k];
     if (r.req_begin != built.req_begin || r.req_end != built.req_end) {
-      return fail(detail, errc::length_mismatch, "plan_from_ranges: range ", k, " gives requests [", r.req_begin,
+      return fail(detail, errc::length_mismatch, "range ", k, " gives requests [", r.req_begin,
                   ", ", r.req_end, ") but tokens [", r.token_begin, ", ", r.token_end, ") hold requests [",
                   built.req_begin, ", ", built.req_end, ")");
     }
@@ -310,7 +310,7 @@ ubatch_plan plan_from_ranges(const batch_view& batch, std::span<const ubatch_ran
   ubatch_plan plan;
   std::string text;
   if (const detail::fault f = detail::from_ranges(batch, ranges, padded_tokens, plan, &text)) {
-    detail::raise(f, text);
+    detail::raise(f, "plan_from_ranges", text);
   }
   return plan;
 }
