@@ -33,6 +33,13 @@ TABLE = {
     "dispatch_ns": ("BM_dispatch_random_key", REAL_TIME),
     "launch_eager_cpu_ns": ("BM_launch_eager_64", "launch_cpu_ns"),
     "launch_graph_cpu_ns": ("BM_launch_graph_64", "launch_cpu_ns"),
+    "step_plan_ns": ("BM_step_plan", REAL_TIME),
+    "step_plan_cpu_ns": ("BM_step_plan", "plan_cpu_ns"),
+    "step_host_overhead_us": ("BM_step_host_overhead", "host_us_per_step"),
+    "step_gap_us": ("BM_step_gap", "gap_overlapped_us"),
+    "step_gap_sequential_us": ("BM_step_gap", "gap_sequential_us"),
+    "step_gap_ratio": ("BM_step_gap", "gap_ratio"),
+    "tuner_regret": ("BM_tuner_regret", "regret"),
 }
 
 # ratio key -> (numerator key, denominator key)
@@ -78,6 +85,11 @@ TARGETS = {
     "idle_cpu_percent": ("idle_cpu_percent", "<=", 2),
     "slice_ns_4096": ("slice_ns_4096", "<=", 20000),
     "dispatch_ns": ("dispatch_ns", "<=", 50),
+    "step_plan_ns": ("step_plan_ns", "<=", 20000),
+    "step_host_overhead_us": ("step_host_overhead_us", "<=", 100),
+    "step_gap_us": ("step_gap_us", "<=", 20),
+    "step_gap_ratio": ("step_gap_ratio", ">=", 5),
+    "tuner_regret": ("tuner_regret", ">=", 0.9),
 }
 
 NS_PER_UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}

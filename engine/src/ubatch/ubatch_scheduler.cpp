@@ -71,7 +71,7 @@ void ubatch_scheduler::begin_step(std::int32_t count, const ubatch_plan* plan, c
     throw_engine_error(errc::invalid_argument,
                        detail::cat("ubatch_scheduler::run: ", count, " micro-batches; at least 1 is needed"));
   }
-  if (running_) {
+  if (running_.exchange(true, std::memory_order_acq_rel)) {
     // The per-micro-batch events are the scheduler's: two steps at once
     // would record into each other's joins.
     throw_engine_error(errc::invalid_argument,
@@ -79,46 +79,50 @@ void ubatch_scheduler::begin_step(std::int32_t count, const ubatch_plan* plan, c
                        "scheduler per concurrent step");
   }
   const auto n = static_cast<std::size_t>(count);
-  order_.clear();
-  if (!options.turn_order.empty()) {
-    if (options.turn_order.size() != n) {
-      throw_engine_error(errc::invalid_argument,
-                         detail::cat("ubatch_scheduler::run: a turn order of ", options.turn_order.size(),
-                                     " entries for ", count, " micro-batches"));
-    }
-    std::vector<bool> seen(n);
-    for (std::size_t p = 0; p < n; ++p) {
-      const std::int32_t i = options.turn_order[p];
-      if (i < 0 || i >= count) {
-        throw_engine_error(errc::invalid_argument, detail::cat("ubatch_scheduler::run: turn order entry ", p,
-                                                               " is ", i, ", outside [0, ", count, ")"));
+  try {
+    order_.clear();
+    if (!options.turn_order.empty()) {
+      if (options.turn_order.size() != n) {
+        throw_engine_error(errc::invalid_argument,
+                           detail::cat("ubatch_scheduler::run: a turn order of ", options.turn_order.size(),
+                                       " entries for ", count, " micro-batches"));
       }
-      if (seen[static_cast<std::size_t>(i)]) {
-        throw_engine_error(errc::invalid_argument, detail::cat("ubatch_scheduler::run: turn order entry ", p,
-                                                               " is ", i, ", which is given twice"));
+      std::vector<bool> seen(n);
+      for (std::size_t p = 0; p < n; ++p) {
+        const std::int32_t i = options.turn_order[p];
+        if (i < 0 || i >= count) {
+          throw_engine_error(errc::invalid_argument, detail::cat("ubatch_scheduler::run: turn order entry ", p,
+                                                                 " is ", i, ", outside [0, ", count, ")"));
+        }
+        if (seen[static_cast<std::size_t>(i)]) {
+          throw_engine_error(errc::invalid_argument, detail::cat("ubatch_scheduler::run: turn order entry ", p,
+                                                                 " is ", i, ", which is given twice"));
+        }
+        seen[static_cast<std::size_t>(i)] = true;
       }
-      seen[static_cast<std::size_t>(i)] = true;
+      order_.assign(options.turn_order.begin(), options.turn_order.end());
     }
-    order_.assign(options.turn_order.begin(), options.turn_order.end());
+    while (compute_done_.size() < n) {
+      compute_done_.push_back(device_->make_event());
+      comm_done_.push_back(device_->make_event());
+    }
+    if (options_.streams == stream_assignment::least_loaded) assign_least_loaded(count, plan);
+    compute_lanes_.resize(std::max(compute_lanes_.size(), n));
+    comm_lanes_.resize(std::max(comm_lanes_.size(), n));
+    const bool shared = options_.streams == stream_assignment::shared;
+    for (std::int32_t i = 0; i < count; ++i) {
+      // Lanes name the stream, so spans of micro-batches that share one line up.
+      compute_lanes_[i] = shared ? std::string("compute")
+                                 : detail::cat("compute ", stream_slot(gpu::stream_role::compute, i) %
+                                                               pool_->size(gpu::stream_role::compute));
+      comm_lanes_[i] = shared ? std::string("comm")
+                              : detail::cat("comm ", stream_slot(gpu::stream_role::communication, i) %
+                                                         pool_->size(gpu::stream_role::communication));
+    }
+  } catch (...) {
+    running_.store(false, std::memory_order_release);
+    throw;
   }
-  while (compute_done_.size() < n) {
-    compute_done_.push_back(device_->make_event());
-    comm_done_.push_back(device_->make_event());
-  }
-  if (options_.streams == stream_assignment::least_loaded) assign_least_loaded(count, plan);
-  compute_lanes_.resize(std::max(compute_lanes_.size(), n));
-  comm_lanes_.resize(std::max(comm_lanes_.size(), n));
-  const bool shared = options_.streams == stream_assignment::shared;
-  for (std::int32_t i = 0; i < count; ++i) {
-    // Lanes name the stream, so spans of micro-batches that share one line up.
-    compute_lanes_[i] = shared ? std::string("compute")
-                               : detail::cat("compute ", stream_slot(gpu::stream_role::compute, i) %
-                                                             pool_->size(gpu::stream_role::compute));
-    comm_lanes_[i] = shared ? std::string("comm")
-                            : detail::cat("comm ", stream_slot(gpu::stream_role::communication, i) %
-                                                       pool_->size(gpu::stream_role::communication));
-  }
-  running_ = true;
 }
 
 void ubatch_scheduler::join_streams(std::int32_t count) {

@@ -105,7 +105,7 @@ std::coroutine_handle<> ubatch_step::hand_over(std::int32_t i) noexcept {
   s.hooks.clear();
   try {
     hooks_ = run_hooks(*this, std::move(hooks));
-    hooks_.bind(hook_owner_, static_cast<std::size_t>(i), executor_, signal_.slot());
+    hooks_.bind(hook_owner_, static_cast<std::size_t>(i), executor_, signal_.slot(), chain_);
     return hooks_.handle();
   } catch (...) {
     // No memory for the runner's frame: the hooks cannot run, so the step

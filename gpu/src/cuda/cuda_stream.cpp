@@ -135,6 +135,9 @@ std::error_code cuda_stream::error() const noexcept {
   for (const auto& g : guards_) {
     if (auto ec = g.guard->cut_short()) return ec;
   }
+  // A capturing stream has nothing running to ask about, and querying it
+  // would end its capture.
+  if (capturing()) return {};
   cudaError_t status = cudaSuccess;
   {
     relaxed_capture_mode relaxed;

@@ -82,6 +82,9 @@ class ubatch_step final : public coro::detail::driver_owner {
   bool cancelled() const noexcept { return cancelled_; }
   std::int32_t switches(std::int32_t i) const noexcept { return slots_[i].switches; }
   const asio::any_io_executor& executor() const noexcept { return executor_; }
+  /// The awaiting chain's root, handed to the coroutines the step starts (see
+  /// coro::detail::chain_root).
+  void set_chain(coro::detail::chain_root* chain) noexcept { chain_ = chain; }
   /// The slot the running micro-batch's Asio operations connect to: only one
   /// micro-batch runs at a time, so one signal serves all.
   asio::cancellation_slot slot() noexcept { return signal_.slot(); }
@@ -134,6 +137,7 @@ class ubatch_step final : public coro::detail::driver_owner {
   timeline* trace_;
   std::coroutine_handle<> parent_;
   asio::any_io_executor executor_;
+  coro::detail::chain_root* chain_ = nullptr;
   asio::cancellation_slot parent_slot_;
   asio::cancellation_signal signal_;
   std::exception_ptr error_;
