@@ -250,7 +250,7 @@ fault from_ranges(const batch_view& b, std::span<const ubatch_range> ranges, std
     return fail(detail, errc::invalid_argument, "the ranges end at token ", expect,
                 "; the batch has ", shape.num_tokens);
   }
-  plan_builder::build(plan, b, cuts, padded);
+  plan_builder::build(plan, b, cuts, padded, 0);  // the given request ranges are the real ones: no padding requests
   for (std::int32_t k = 0; k < n; ++k) {
     const ubatch_range& r = ranges[static_cast<std::size_t>(k)];
     const ubatch built = plan[k];
