@@ -34,6 +34,13 @@ TABLE = {
     "launch_eager_cpu_ns": ("BM_launch_eager_64", "launch_cpu_ns"),
     "launch_graph_cpu_ns": ("BM_launch_graph_64", "launch_cpu_ns"),
 }
+# The completion reactor against the number of pending waits (8 streams), on
+# fences that claim their order and on fences that do not, in the same run.
+for _size in ("10", "1k", "10k"):
+    TABLE[f"reactor_sweep_ns_{_size}"] = (f"BM_reactor_sweep_ordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_sweep_unordered_ns_{_size}"] = (f"BM_reactor_sweep_unordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_completion_ns_{_size}"] = (f"BM_reactor_completion_ordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_completion_unordered_ns_{_size}"] = (f"BM_reactor_completion_unordered_{_size}", REAL_TIME)
 
 # ratio key -> (numerator key, denominator key)
 RATIOS = {
@@ -41,6 +48,9 @@ RATIOS = {
     "switch_barrier_over_switch": ("switch_barrier_ns", "switch_ns"),
     # Host backend; the >= 5 target applies to real kernels on a GPU.
     "replay_cpu_ratio": ("launch_eager_cpu_ns", "launch_graph_cpu_ns"),
+    # Must stay near 1: a completion costs the same with 10,000 waits pending.
+    "reactor_completion_10k_over_10": ("reactor_completion_ns_10k", "reactor_completion_ns_10"),
+    "reactor_sweep_unordered_over_ordered_10k": ("reactor_sweep_unordered_ns_10k", "reactor_sweep_ns_10k"),
 }
 
 # Overlap sweeps: one benchmark per configuration (N, compute:comm). Each
@@ -78,6 +88,8 @@ TARGETS = {
     "idle_cpu_percent": ("idle_cpu_percent", "<=", 2),
     "slice_ns_4096": ("slice_ns_4096", "<=", 20000),
     "dispatch_ns": ("dispatch_ns", "<=", 50),
+    "reactor_sweep_ns_10k": ("reactor_sweep_ns_10k", "<=", 1000),
+    "reactor_completion_10k_over_10": ("reactor_completion_10k_over_10", "<=", 2),
 }
 
 NS_PER_UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}

@@ -76,15 +76,16 @@ coro::fence_status event_fence::query() const noexcept {
 
 fence cuda_event::current() const {
   std::lock_guard lock(mutex_);
-  return fence(std::make_shared<event_fence>(event_, health_, ticket_, guards_));
+  return fence(std::make_shared<event_fence>(event_, health_, ticket_, guards_, order_));
 }
 
 void cuda_event::recorded(std::shared_ptr<const stream_health> health, std::uint64_t ticket,
-                          std::vector<guard_entry> guards) {
+                          std::vector<guard_entry> guards, coro::fence_order order) {
   std::lock_guard lock(mutex_);
   health_ = std::move(health);
   ticket_ = ticket;
   guards_ = std::move(guards);
+  order_ = order;
 }
 
 // --- graphs ------------------------------------------------------------------
@@ -212,11 +213,27 @@ std::vector<guard_entry> cuda_stream::live_guards() {
   return guards_;
 }
 
+coro::fence_order cuda_stream::next_order(std::uint64_t ticket) noexcept {
+  // Events recorded on one stream complete in order, and so do the stream's
+  // own failures (a host function fails in its place). A failure already
+  // known for the work this event covers (a refused launch) fails the fence
+  // at once, ahead of earlier pending events: such a fence claims no order,
+  // so that its failure is not held behind them.
+  if (health_->error_up_to(ticket)) return coro::fence_order::none();
+  return {order_stream_, positions_.fetch_add(1, std::memory_order_relaxed) + 1};
+}
+
 void cuda_stream::record(gpu::detail::event_impl& e) {
   auto& ev = as_cuda(e);
   const auto ticket = health_->issued();
   COBATCH_CUDA_CHECK(cudaEventRecord(ev.get(), get()));
-  ev.recorded(health_, ticket, capturing() ? std::vector<guard_entry>{} : live_guards());
+  // A record inside a capture happens when the graph is replayed, on a
+  // stream and at a place not known here: no order.
+  if (capturing()) {
+    ev.recorded(health_, ticket, {});
+  } else {
+    ev.recorded(health_, ticket, live_guards(), next_order(ticket));
+  }
 }
 
 void cuda_stream::wait(const gpu::detail::event_impl& e) {
@@ -231,7 +248,7 @@ fence cuda_stream::mark() {
   auto ev = device_->events->acquire();
   const auto ticket = health_->issued();
   COBATCH_CUDA_CHECK(cudaEventRecord(ev.get(), get()));
-  return fence(std::make_shared<event_fence>(std::move(ev), health_, ticket, live_guards()));
+  return fence(std::make_shared<event_fence>(std::move(ev), health_, ticket, live_guards(), next_order(ticket)));
 }
 
 std::error_code cuda_stream::error() const noexcept {

@@ -119,15 +119,18 @@ struct guard_entry {
 class event_fence final : public gpu::detail::fence_impl {
  public:
   event_fence(std::shared_ptr<CUevent_st> event, std::shared_ptr<const stream_health> health, std::uint64_t ticket,
-              std::vector<guard_entry> guards)
-      : event_(std::move(event)), health_(std::move(health)), ticket_(ticket), guards_(std::move(guards)) {}
+              std::vector<guard_entry> guards, coro::fence_order order = coro::fence_order::none())
+      : event_(std::move(event)), health_(std::move(health)), ticket_(ticket), guards_(std::move(guards)),
+        order_(order) {}
   coro::fence_status query() const noexcept override;
+  coro::fence_order order() const noexcept override { return order_; }
 
  private:
   std::shared_ptr<CUevent_st> event_;
   std::shared_ptr<const stream_health> health_;
   std::uint64_t ticket_;
   std::vector<guard_entry> guards_;
+  coro::fence_order order_;
 };
 
 class cuda_event final : public gpu::detail::event_impl {
@@ -140,7 +143,8 @@ class cuda_event final : public gpu::detail::event_impl {
   cudaEvent_t get() const noexcept { return event_.get(); }
   const std::shared_ptr<CUevent_st>& shared() const noexcept { return event_; }
   /// Remembers what a record covers, for the fences made from it.
-  void recorded(std::shared_ptr<const stream_health> health, std::uint64_t ticket, std::vector<guard_entry> guards);
+  void recorded(std::shared_ptr<const stream_health> health, std::uint64_t ticket, std::vector<guard_entry> guards,
+                coro::fence_order order = coro::fence_order::none());
 
  private:
   std::shared_ptr<device_state> device_;
@@ -149,6 +153,7 @@ class cuda_event final : public gpu::detail::event_impl {
   std::shared_ptr<const stream_health> health_;
   std::uint64_t ticket_ = 0;
   std::vector<guard_entry> guards_;
+  coro::fence_order order_{};
 };
 
 using stream_handle = std::unique_ptr<CUstream_st, void (*)(CUstream_st*)>;
@@ -186,12 +191,17 @@ class cuda_stream final : public gpu::detail::stream_impl {
 
  private:
   std::vector<guard_entry> live_guards();
+  /// The place of an event just recorded outside a capture (ticket: the
+  /// operations it covers).
+  coro::fence_order next_order(std::uint64_t ticket) noexcept;
 
   std::shared_ptr<device_state> device_;
   stream_handle handle_;
   stream_priority priority_;
   std::shared_ptr<stream_health> health_ = std::make_shared<stream_health>();
   std::vector<guard_entry> guards_;  // touched only by the thread driving the stream
+  const std::uint64_t order_stream_ = coro::new_order_stream();
+  std::atomic<std::uint64_t> positions_{0};
 };
 
 /// The CUDA stream behind a gpu stream, or errc::invalid_argument.
