@@ -11,8 +11,27 @@ if(NOT COBATCH_CUDA STREQUAL "OFF")
   check_language(CUDA)
   find_package(CUDAToolkit QUIET)
   if(CMAKE_CUDA_COMPILER AND CUDAToolkit_FOUND)
+    # enable_language(CUDA) fills CMAKE_CUDA_ARCHITECTURES with the compiler's
+    # default (sm_75 for nvcc 13) when nobody chose, after which no later
+    # default of ours could apply, and a Hopper GPU would JIT-compile PTX for
+    # every kernel at first launch. So the choice is made before: the
+    # caller's (-DCMAKE_CUDA_ARCHITECTURES=..., or the CUDAARCHS environment
+    # variable), else machine code for Ampere (sm_80) and Hopper (sm_90) plus
+    # sm_90 PTX for what comes later.
+    set(COBATCH_CUDA_DEFAULT_ARCHITECTURES "80-real;90-real;90-virtual")
+    if(DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT CMAKE_CUDA_ARCHITECTURES STREQUAL "")
+      set(cobatch_cuda_arch_origin "given with CMAKE_CUDA_ARCHITECTURES")
+    elseif(DEFINED ENV{CUDAARCHS} AND NOT "$ENV{CUDAARCHS}" STREQUAL "")
+      set(cobatch_cuda_arch_origin "given with the CUDAARCHS environment variable")
+    else()
+      set(CMAKE_CUDA_ARCHITECTURES "${COBATCH_CUDA_DEFAULT_ARCHITECTURES}" CACHE STRING
+          "CUDA architectures to build for (cobatch's default: sm_80 and sm_90 machine code, sm_90 PTX)")
+      set(cobatch_cuda_arch_origin "cobatch's default")
+    endif()
     enable_language(CUDA)
     set(COBATCH_WITH_CUDA ON)
+    message(STATUS "cobatch: CUDA architectures ${CMAKE_CUDA_ARCHITECTURES} (${cobatch_cuda_arch_origin}); "
+                   "nvcc ${CMAKE_CUDA_COMPILER_VERSION}")
   elseif(COBATCH_CUDA STREQUAL "ON")
     message(FATAL_ERROR "COBATCH_CUDA=ON but no CUDA compiler or toolkit was found")
   endif()

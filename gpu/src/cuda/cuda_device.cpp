@@ -1,6 +1,7 @@
 // CUDA backend: device, event pool, fences, events, streams and graphs.
 #include "cobatch/gpu/cuda/cuda_device.hpp"
 
+#include "cobatch/gpu/cuda/device_census.hpp"
 #include "cobatch/gpu/cuda/graph_update.hpp"
 #include "cuda_stream.hpp"
 
@@ -54,21 +55,43 @@ void event_pool::give_back(cudaEvent_t e) noexcept {
 
 // --- fences and events -------------------------------------------------------
 
+cudaError_t query_event(cudaEvent_t e) noexcept {
+  cudaError_t status = cudaSuccess;
+  {
+    relaxed_capture_mode relaxed;
+    status = cudaEventQuery(e);
+  }
+  // cudaEventQuery reports asynchronous failures of earlier work (a fault in
+  // a kernel) and cudaErrorNotReady as its own result, and leaves them as the
+  // thread's last error, which the querying thread (a poller) does not own.
+  if (status != cudaSuccess) cudaGetLastError();
+  return status;
+}
+
+std::error_code record_scope::failure() const noexcept {
+  if (health) {
+    if (auto ec = health->error_up_to(ticket)) return ec;
+  }
+  for (const auto& u : upstreams) {
+    if (auto ec = u.health->error_up_to(u.ticket)) return ec;
+  }
+  for (const auto& g : guards) {
+    if (auto ec = g.guard->cut_short()) return ec;
+  }
+  return {};
+}
+
 coro::fence_status event_fence::query() const noexcept {
-  if (auto ec = health_ ? health_->error_up_to(ticket_) : std::error_code{}) return coro::fence_status::failed(ec);
-  for (const auto& g : guards_) {
-    if (auto ec = g.guard->cut_short()) return coro::fence_status::failed(ec);
+  if (auto ec = scope_.failure()) return coro::fence_status::failed(ec);
+  const cudaError_t status = query_event(event_.get());
+  if (status == cudaSuccess) {
+    // A host function before the record may have failed while the event
+    // completed: the scope is final now, look once more.
+    if (auto ec = scope_.failure()) return coro::fence_status::failed(ec);
+    return coro::fence_status::ready();
   }
-  const cudaError_t status = cudaEventQuery(event_.get());
-  if (status == cudaSuccess) return coro::fence_status::ready();
-  if (status != cudaErrorNotReady) {
-    // cudaEventQuery reports asynchronous failures of earlier work (a fault
-    // in a kernel) as its own result. Clear it from the thread's last error,
-    // which the poller's thread does not own.
-    cudaGetLastError();
-    return coro::fence_status::failed(make_cuda_error_code(status));
-  }
-  for (const auto& g : guards_) {
+  if (status != cudaErrorNotReady) return coro::fence_status::failed(make_cuda_error_code(status));
+  for (const auto& g : scope_.guards) {
     if (auto ec = g.guard->check()) return coro::fence_status::failed(ec);
   }
   return coro::fence_status::pending();
@@ -76,16 +99,47 @@ coro::fence_status event_fence::query() const noexcept {
 
 fence cuda_event::current() const {
   std::lock_guard lock(mutex_);
-  return fence(std::make_shared<event_fence>(event_, health_, ticket_, guards_, order_));
+  return fence(std::make_shared<event_fence>(event_, scope_));
 }
 
-void cuda_event::recorded(std::shared_ptr<const stream_health> health, std::uint64_t ticket,
-                          std::vector<guard_entry> guards, coro::fence_order order) {
+void cuda_event::recorded(record_scope scope) {
   std::lock_guard lock(mutex_);
-  health_ = std::move(health);
-  ticket_ = ticket;
-  guards_ = std::move(guards);
-  order_ = order;
+  scope_ = std::move(scope);
+}
+
+record_scope cuda_event::scope() const {
+  std::lock_guard lock(mutex_);
+  return scope_;
+}
+
+// --- capture notes -------------------------------------------------------------
+
+namespace {
+struct capture_notes {
+  std::mutex mutex;
+  std::vector<std::pair<unsigned long long, std::shared_ptr<const launch_note>>> notes;
+};
+capture_notes& notes_in_progress() {
+  static capture_notes instance;
+  return instance;
+}
+}  // namespace
+
+void add_capture_note(unsigned long long capture_id, std::shared_ptr<const launch_note> note) {
+  auto& n = notes_in_progress();
+  std::lock_guard lock(n.mutex);
+  n.notes.emplace_back(capture_id, std::move(note));
+}
+
+std::vector<std::shared_ptr<const launch_note>> take_capture_notes(unsigned long long capture_id) {
+  auto& n = notes_in_progress();
+  std::vector<std::shared_ptr<const launch_note>> out;
+  std::lock_guard lock(n.mutex);
+  for (auto& [id, note] : n.notes) {
+    if (id == capture_id) out.push_back(std::move(note));
+  }
+  std::erase_if(n.notes, [&](const auto& entry) { return entry.first == capture_id; });
+  return out;
 }
 
 // --- graphs ------------------------------------------------------------------
@@ -95,8 +149,9 @@ class cuda_graph_exec final : public gpu::detail::graph_exec_impl {
   // Keeps the graph it was made or last updated from: host functions of an
   // update's graph are owned by that graph (user objects are not carried over
   // by cudaGraphExecUpdate), and the executable runs them from now on.
-  cuda_graph_exec(cudaGraphExec_t exec, std::size_t nodes, std::shared_ptr<CUgraph_st> source)
-      : exec_(exec), nodes_(nodes), source_(std::move(source)) {}
+  cuda_graph_exec(cudaGraphExec_t exec, std::size_t nodes, std::shared_ptr<CUgraph_st> source,
+                  std::vector<std::shared_ptr<const launch_note>> notes)
+      : exec_(exec), nodes_(nodes), source_(std::move(source)), notes_(std::move(notes)) {}
   ~cuda_graph_exec() override {
     if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
   }
@@ -104,15 +159,18 @@ class cuda_graph_exec final : public gpu::detail::graph_exec_impl {
     auto& cs = as_cuda(s);
     cs.issue();
     COBATCH_CUDA_CHECK(cudaGraphLaunch(exec_, cs.get()));
+    for (const auto& note : notes_) note->on_launch(cs);
   }
   std::size_t node_count() const noexcept override { return nodes_; }
 
-  graph_update_result update(const std::shared_ptr<CUgraph_st>& source, std::size_t nodes) {
+  graph_update_result update(const std::shared_ptr<CUgraph_st>& source, std::size_t nodes,
+                             const std::vector<std::shared_ptr<const launch_note>>& notes) {
     cudaGraph_t g = source.get();
     cudaGraphExecUpdateResultInfo info{};
     if (cudaGraphExecUpdate(exec_, g, &info) == cudaSuccess) {
       nodes_ = nodes;
       source_ = source;
+      notes_ = notes;
       return graph_update_result::updated_in_place;
     }
     // Topology or node kinds changed: the failure is expected, not an error.
@@ -123,6 +181,7 @@ class cuda_graph_exec final : public gpu::detail::graph_exec_impl {
     exec_ = fresh;
     nodes_ = nodes;
     source_ = source;
+    notes_ = notes;
     return graph_update_result::reinstantiated;
   }
 
@@ -130,11 +189,13 @@ class cuda_graph_exec final : public gpu::detail::graph_exec_impl {
   cudaGraphExec_t exec_;
   std::size_t nodes_;
   std::shared_ptr<CUgraph_st> source_;
+  std::vector<std::shared_ptr<const launch_note>> notes_;
 };
 
 class cuda_graph final : public gpu::detail::graph_impl {
  public:
-  explicit cuda_graph(cudaGraph_t g) : graph_(g, [](cudaGraph_t x) { cudaGraphDestroy(x); }) {
+  cuda_graph(cudaGraph_t g, std::vector<std::shared_ptr<const launch_note>> notes)
+      : graph_(g, [](cudaGraph_t x) { cudaGraphDestroy(x); }), notes_(std::move(notes)) {
     std::size_t n = 0;
     COBATCH_CUDA_CHECK(cudaGraphGetNodes(g, nullptr, &n));
     nodes_ = n;
@@ -142,13 +203,15 @@ class cuda_graph final : public gpu::detail::graph_impl {
   std::unique_ptr<gpu::detail::graph_exec_impl> instantiate() const override {
     cudaGraphExec_t exec = nullptr;
     COBATCH_CUDA_CHECK(cudaGraphInstantiate(&exec, graph_.get(), 0));
-    return std::make_unique<cuda_graph_exec>(exec, nodes_, graph_);
+    return std::make_unique<cuda_graph_exec>(exec, nodes_, graph_, notes_);
   }
   std::size_t node_count() const noexcept override { return nodes_; }
   const std::shared_ptr<CUgraph_st>& shared() const noexcept { return graph_; }
+  const std::vector<std::shared_ptr<const launch_note>>& notes() const noexcept { return notes_; }
 
  private:
   std::shared_ptr<CUgraph_st> graph_;
+  std::vector<std::shared_ptr<const launch_note>> notes_;
   std::size_t nodes_ = 0;
 };
 
@@ -208,36 +271,68 @@ std::vector<guard_entry> cuda_stream::live_guards() {
   // work was cut short stays, failing every later fence of the stream, as
   // later work may consume what it never produced.
   std::erase_if(guards_, [](const guard_entry& g) {
-    return cudaEventQuery(g.done.get()) == cudaSuccess && !g.guard->cut_short();
+    return query_event(g.done.get()) == cudaSuccess && !g.guard->cut_short();
   });
   return guards_;
 }
 
-coro::fence_order cuda_stream::next_order(std::uint64_t ticket) noexcept {
-  // Events recorded on one stream complete in order, and so do the stream's
-  // own failures (a host function fails in its place). A failure already
-  // known for the work this event covers (a refused launch) fails the fence
-  // at once, ahead of earlier pending events: such a fence claims no order,
-  // so that its failure is not held behind them.
-  if (health_->error_up_to(ticket)) return coro::fence_order::none();
-  return {order_stream_, positions_.fetch_add(1, std::memory_order_relaxed) + 1};
+std::vector<upstream> cuda_stream::live_upstreams() {
+  // A stream that is gone and finished can add no failure: if it had none up
+  // to the joined point, the entry says nothing any more.
+  std::erase_if(upstreams_, [](const upstream& u) { return u.health->retired() && !u.health->error_up_to(u.ticket); });
+  return upstreams_;
+}
+
+record_scope cuda_stream::scope() {
+  const bool in_capture = capturing();
+  record_scope s{health_, health_->issued(), live_upstreams(),
+                 in_capture ? std::vector<guard_entry>{} : live_guards()};
+  // Events recorded on one stream complete in order, and the stream's own
+  // failures land in their place, so a record may claim its position
+  // (docs/completion_reactor.md). Not inside a capture: the record happens
+  // when the graph is replayed, at a place not known here. Not when a
+  // failure is already known (a refused launch, an upstream that failed):
+  // the fence fails at once, ahead of earlier pending records, and must not
+  // be held behind them.
+  if (!in_capture && !s.failure()) s.order = {order_stream_, ++positions_};
+  return s;
+}
+
+void cuda_stream::inherit(const record_scope& from) {
+  auto add = [this](const std::shared_ptr<const stream_health>& h, std::uint64_t ticket) {
+    if (!h || h == health_) return;
+    for (auto& u : upstreams_) {
+      if (u.health == h) {
+        // Failures up to a later point include those up to an earlier one.
+        u.ticket = std::max(u.ticket, ticket);
+        return;
+      }
+    }
+    upstreams_.push_back({h, ticket});
+  };
+  add(from.health, from.ticket);
+  for (const auto& u : from.upstreams) add(u.health, u.ticket);
+  for (const auto& g : from.guards) {
+    const bool known = std::any_of(guards_.begin(), guards_.end(), [&](const guard_entry& mine) { return mine.guard == g.guard; });
+    if (!known) guards_.push_back(g);
+  }
 }
 
 void cuda_stream::record(gpu::detail::event_impl& e) {
   auto& ev = as_cuda(e);
-  const auto ticket = health_->issued();
+  auto covered = scope();
   COBATCH_CUDA_CHECK(cudaEventRecord(ev.get(), get()));
-  // A record inside a capture happens when the graph is replayed, on a
-  // stream and at a place not known here: no order.
-  if (capturing()) {
-    ev.recorded(health_, ticket, {});
-  } else {
-    ev.recorded(health_, ticket, live_guards(), next_order(ticket));
-  }
+  ev.recorded(std::move(covered));
 }
 
 void cuda_stream::wait(const gpu::detail::event_impl& e) {
-  COBATCH_CUDA_CHECK(cudaStreamWaitEvent(get(), as_cuda(e).get(), 0));
+  const auto& ev = as_cuda(e);
+  COBATCH_CUDA_CHECK(cudaStreamWaitEvent(get(), ev.get(), 0));
+  // The join is on the device; the failures that CUDA does not attach to
+  // the stream (host functions, refused launches, aborted collectives) must
+  // cross it too, or a compute stream that consumed a failed collective's
+  // output would report success.
+  inherit(ev.scope());
 }
 
 fence cuda_stream::mark() {
@@ -246,17 +341,56 @@ fence cuda_stream::mark() {
                             "cobatch: cannot wait for a stream while it is being captured");
   }
   auto ev = device_->events->acquire();
-  const auto ticket = health_->issued();
+  auto covered = scope();
   COBATCH_CUDA_CHECK(cudaEventRecord(ev.get(), get()));
-  return fence(std::make_shared<event_fence>(std::move(ev), health_, ticket, live_guards(), next_order(ticket)));
+  return fence(std::make_shared<event_fence>(std::move(ev), std::move(covered)));
 }
 
 std::error_code cuda_stream::error() const noexcept {
   if (auto ec = health_->first_error()) return ec;
-  const cudaError_t status = cudaStreamQuery(get());
-  if (status == cudaSuccess || status == cudaErrorNotReady) return {};
+  for (const auto& u : upstreams_) {
+    if (auto ec = u.health->error_up_to(u.ticket)) return ec;
+  }
+  for (const auto& g : guards_) {
+    if (auto ec = g.guard->cut_short()) return ec;
+  }
+  cudaError_t status = cudaSuccess;
+  {
+    relaxed_capture_mode relaxed;
+    status = cudaStreamQuery(get());
+  }
+  if (status == cudaSuccess) return {};
   cudaGetLastError();
+  if (status == cudaErrorNotReady) return {};
   return make_cuda_error_code(status);
+}
+
+unsigned long long cuda_stream::capture_id() const {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  unsigned long long id = 0;
+  COBATCH_CUDA_CHECK(cudaStreamGetCaptureInfo(get(), &status, &id));
+  // An invalidated capture still has its id: its notes must be taken too.
+  return status == cudaStreamCaptureStatusNone ? 0 : id;
+}
+
+cuda_stream::~cuda_stream() {
+  if (handle_.get_deleter() != &destroy_stream || handle_.get() == nullptr) return;
+  // The owning handle promises that destruction waits for the enqueued work
+  // (cudaStreamDestroy alone returns at once and lets it finish later): a
+  // host function still queued may refer to what the caller is about to
+  // free. An open capture is ended and dropped first: a capturing stream
+  // cannot be synchronized.
+  if (capturing()) {
+    cudaGraph_t g = nullptr;
+    if (cudaStreamEndCapture(get(), &g) == cudaSuccess && g != nullptr) cudaGraphDestroy(g);
+    cudaGetLastError();
+  }
+  {
+    relaxed_capture_mode relaxed;
+    if (cudaStreamSynchronize(get()) != cudaSuccess) cudaGetLastError();
+  }
+  handle_.reset();
+  health_->retire();
 }
 
 void cuda_stream::begin_capture() {
@@ -269,14 +403,16 @@ void cuda_stream::begin_capture() {
 }
 
 graph cuda_stream::end_capture() {
+  const unsigned long long id = capture_id();
   cudaGraph_t g = nullptr;
   const cudaError_t status = cudaStreamEndCapture(get(), &g);
+  auto notes = take_capture_notes(id);
   if (status != cudaSuccess) {
     if (g != nullptr) cudaGraphDestroy(g);
     cudaGetLastError();
     check_cuda(status, "cudaStreamEndCapture (was every joined stream joined back before the end?)");
   }
-  return graph(std::make_unique<cuda_graph>(g));
+  return graph(std::make_unique<cuda_graph>(g, std::move(notes)));
 }
 
 bool cuda_stream::capturing() const noexcept {
@@ -359,13 +495,10 @@ cuda_device::cuda_device(coro::completion_reactor& reactor, int ordinal) : state
 
 cuda_device::~cuda_device() = default;
 
-int cuda_device::count() noexcept {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
+int cuda_device::count() {
+  const auto census = take_device_census();
+  if (census.error) throw cuda_error(census.error, "cudaGetDeviceCount", std::source_location::current());
+  return census.count;
 }
 
 std::string cuda_device::name() const { return state_->name; }
@@ -468,7 +601,7 @@ graph_update_result update(graph_exec& exec, const graph& g) {
     throw std::system_error(make_error_code(errc::invalid_argument),
                             "cobatch: update needs an instantiated graph and a graph of the CUDA backend");
   }
-  return ce->update(cg->shared(), cg->node_count());
+  return ce->update(cg->shared(), cg->node_count(), cg->notes());
 }
 
 }  // namespace cobatch::gpu::cuda

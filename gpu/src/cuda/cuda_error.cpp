@@ -73,6 +73,11 @@ cuda_error::cuda_error(std::error_code code, const char* call, std::source_locat
 
 namespace detail {
 void throw_cuda_error(int status, const char* call, std::source_location where) {
+  // The failed call also left its status as the thread's last error. This
+  // exception reports it; left there, it would surface again from the next
+  // cudaPeekAtLastError or cudaGetLastError of unrelated code (sticky errors
+  // stay regardless: they belong to the context, not the thread).
+  cudaGetLastError();
   throw cuda_error(make_cuda_error_code(status), call, where);
 }
 void throw_nccl_error(int status, const char* call, std::source_location where) {

@@ -83,9 +83,14 @@ class stream_health {
     std::lock_guard lock(mutex_);
     return error_;
   }
+  /// The stream is gone and all its work finished (its owner synchronized
+  /// before destroying it): no failure can be added any more.
+  void retire() noexcept { retired_.store(true, std::memory_order_release); }
+  bool retired() const noexcept { return retired_.load(std::memory_order_acquire); }
 
  private:
   std::atomic<std::uint64_t> issued_{0};
+  std::atomic<bool> retired_{false};
   std::atomic<bool> failed_{false};
   mutable std::mutex mutex_;
   std::error_code error_;
@@ -114,23 +119,65 @@ struct guard_entry {
   std::shared_ptr<CUevent_st> done;
 };
 
-/// What the reactor polls for CUDA work: the event, the stream's host-side
-/// failures, and any guards.
+/// Another stream's failures up to a point, inherited by waiting on one of
+/// its events: if work there before the record failed, work here after the
+/// wait consumed what it never produced.
+struct upstream {
+  std::shared_ptr<const stream_health> health;
+  std::uint64_t ticket = 0;
+};
+
+/// Everything a point of a stream depends on besides the CUDA work itself:
+/// the stream's own host-side failures up to `ticket`, those of the streams
+/// it joined (transitively), and the guards of collectives it follows. A
+/// fence or an event record covers one; wait() hands it on to the waiter.
+struct record_scope {
+  std::shared_ptr<const stream_health> health;  // null: recorded by no stream of ours
+  std::uint64_t ticket = 0;
+  std::vector<upstream> upstreams;
+  std::vector<guard_entry> guards;
+  /// The record's place on its stream (coro::fence_order), for the reactor;
+  /// none() inside a capture or when a failure is already known.
+  coro::fence_order order{};
+
+  /// The first failure known so far, without asking the device.
+  std::error_code failure() const noexcept;
+};
+
+/// Makes this thread's CUDA calls allowed while a stream capture started on
+/// it is open. In thread-local (and global) capture mode, cudaEventQuery and
+/// cudaStreamQuery on the capturing thread are "unsafe" calls: they fail and
+/// invalidate the capture. A reactor polls on the loop thread, which is
+/// often the capturing one; with the thread's mode exchanged for relaxed
+/// around a query, the query is legal and the capture stays intact. Two
+/// thread-local runtime calls; no driver work.
+class relaxed_capture_mode {
+ public:
+  relaxed_capture_mode() noexcept { cudaThreadExchangeStreamCaptureMode(&previous_); }
+  ~relaxed_capture_mode() { cudaThreadExchangeStreamCaptureMode(&previous_); }
+  relaxed_capture_mode(const relaxed_capture_mode&) = delete;
+  relaxed_capture_mode& operator=(const relaxed_capture_mode&) = delete;
+
+ private:
+  cudaStreamCaptureMode previous_ = cudaStreamCaptureModeRelaxed;
+};
+
+/// cudaEventQuery that is legal during a capture on this thread and leaves
+/// no error behind on the thread.
+cudaError_t query_event(cudaEvent_t e) noexcept;
+
+/// What the reactor polls for CUDA work: the event, and the scope of the
+/// record it stands for.
 class event_fence final : public gpu::detail::fence_impl {
  public:
-  event_fence(std::shared_ptr<CUevent_st> event, std::shared_ptr<const stream_health> health, std::uint64_t ticket,
-              std::vector<guard_entry> guards, coro::fence_order order = coro::fence_order::none())
-      : event_(std::move(event)), health_(std::move(health)), ticket_(ticket), guards_(std::move(guards)),
-        order_(order) {}
+  event_fence(std::shared_ptr<CUevent_st> event, record_scope scope)
+      : event_(std::move(event)), scope_(std::move(scope)) {}
   coro::fence_status query() const noexcept override;
-  coro::fence_order order() const noexcept override { return order_; }
+  coro::fence_order order() const noexcept override { return scope_.order; }
 
  private:
   std::shared_ptr<CUevent_st> event_;
-  std::shared_ptr<const stream_health> health_;
-  std::uint64_t ticket_;
-  std::vector<guard_entry> guards_;
-  coro::fence_order order_;
+  record_scope scope_;
 };
 
 class cuda_event final : public gpu::detail::event_impl {
@@ -142,19 +189,32 @@ class cuda_event final : public gpu::detail::event_impl {
   void* native_handle() const noexcept override { return event_.get(); }
   cudaEvent_t get() const noexcept { return event_.get(); }
   const std::shared_ptr<CUevent_st>& shared() const noexcept { return event_; }
-  /// Remembers what a record covers, for the fences made from it.
-  void recorded(std::shared_ptr<const stream_health> health, std::uint64_t ticket, std::vector<guard_entry> guards,
-                coro::fence_order order = coro::fence_order::none());
+  /// Remembers what a record covers, for the fences made from it and the
+  /// streams that wait on it.
+  void recorded(record_scope scope);
+  record_scope scope() const;
 
  private:
   std::shared_ptr<device_state> device_;
   std::shared_ptr<CUevent_st> event_;
   mutable std::mutex mutex_;
-  std::shared_ptr<const stream_health> health_;
-  std::uint64_t ticket_ = 0;
-  std::vector<guard_entry> guards_;
-  coro::fence_order order_{};
+  record_scope scope_;
 };
+
+/// Something to do each time a graph is launched, noted while it was
+/// captured: a collective captured into a graph is watched (completion
+/// event, guard) per replay, as an eager one is per call.
+class launch_note {
+ public:
+  virtual ~launch_note() = default;
+  virtual void on_launch(class cuda_stream& s) const = 0;
+};
+
+/// Notes of the captures in progress, by capture id (cudaStreamGetCaptureInfo):
+/// a capture may span streams, and the notes of all of them go to the graph
+/// that ends it.
+void add_capture_note(unsigned long long capture_id, std::shared_ptr<const launch_note> note);
+std::vector<std::shared_ptr<const launch_note>> take_capture_notes(unsigned long long capture_id);
 
 using stream_handle = std::unique_ptr<CUstream_st, void (*)(CUstream_st*)>;
 void destroy_stream(CUstream_st* s) noexcept;  // owned streams
@@ -184,24 +244,33 @@ class cuda_stream final : public gpu::detail::stream_impl {
   std::uint64_t issue() noexcept { return health_->issue(); }
   /// Records a failure of an operation issued now (a refused launch).
   void fail(std::error_code ec) noexcept { health_->fail(ec, health_->issue()); }
+  /// Records a failure of the operation that took `ticket` (a collective
+  /// whose group failed after it was issued).
+  void fail_at(std::error_code ec, std::uint64_t ticket) noexcept { health_->fail(ec, ticket); }
   /// Keeps `guard` in every fence of this stream until `done` completes.
   void attach(std::shared_ptr<const fence_guard> guard, std::shared_ptr<CUevent_st> done);
+  /// The capture this stream takes part in, active or invalidated (0 when
+  /// it is not capturing).
+  unsigned long long capture_id() const;
   /// The owned CUDA stream, handed over (nullptr if it was borrowed).
   cudaStream_t release() noexcept;
+  ~cuda_stream() override;
 
  private:
+  record_scope scope();
   std::vector<guard_entry> live_guards();
-  /// The place of an event just recorded outside a capture (ticket: the
-  /// operations it covers).
-  coro::fence_order next_order(std::uint64_t ticket) noexcept;
+  std::vector<upstream> live_upstreams();
+  void inherit(const record_scope& scope);
 
   std::shared_ptr<device_state> device_;
   stream_handle handle_;
   stream_priority priority_;
   std::shared_ptr<stream_health> health_ = std::make_shared<stream_health>();
-  std::vector<guard_entry> guards_;  // touched only by the thread driving the stream
+  // Touched only by the thread driving the stream.
+  std::vector<guard_entry> guards_;
+  std::vector<upstream> upstreams_;
   const std::uint64_t order_stream_ = coro::new_order_stream();
-  std::atomic<std::uint64_t> positions_{0};
+  std::uint64_t positions_ = 0;
 };
 
 /// The CUDA stream behind a gpu stream, or errc::invalid_argument.

@@ -6,12 +6,16 @@
 #include "cobatch/gpu/cuda/buffer.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cuda_stream.hpp"
+#include "nccl_fault.hpp"
 
 #include <nccl.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <optional>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -57,6 +61,58 @@ clock::time_point deadline_after(std::chrono::milliseconds timeout) {
 }
 
 class collective_guard;
+class comm_state;
+
+thread_local std::error_code injected_enqueue_failure;
+
+/// One thread per process, as PyTorch's NCCL watchdog: it checks every
+/// unfinished collective's communicator and deadline even when no one polls
+/// (a rank that stopped waiting must still abort, or its peers hang), and it
+/// finalizes and destroys communicators, which can block for as long as a
+/// peer takes: never on a loop thread, and bounded by the timeout.
+class nccl_service {
+ public:
+  static nccl_service& instance() {
+    static nccl_service service;
+    return service;
+  }
+  void watch(const std::shared_ptr<comm_state>& c);
+  /// Takes over a communicator whose last owner let go.
+  void retire(ncclComm_t comm, std::chrono::milliseconds timeout, std::optional<allocation> scratch);
+  /// Blocks until every communicator retired so far is released.
+  void drain() {
+    std::unique_lock lock(mutex_);
+    drained_.wait(lock, [&] { return retirees_.empty() && finishing_ == 0; });
+  }
+
+ private:
+  struct retiree {
+    ncclComm_t comm;
+    std::chrono::milliseconds timeout;
+    std::optional<allocation> scratch;
+  };
+
+  nccl_service() : thread_([this] { run(); }) {}
+  ~nccl_service() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  void run();
+  static void finish(retiree& r) noexcept;
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable drained_;
+  int finishing_ = 0;
+  bool stop_ = false;
+  std::vector<std::weak_ptr<comm_state>> watched_;
+  std::deque<retiree> retirees_;
+  std::thread thread_;
+};
 
 /// A communicator and what guards it. Shared by the communicator handle and
 /// every fence watching one of its collectives.
@@ -68,30 +124,25 @@ class comm_state {
   comm_state& operator=(const comm_state&) = delete;
 
   ~comm_state() {
-    std::lock_guard lock(mutex_);
+    // An aborted communicator's resources are gone already (ncclCommAbort
+    // frees them); a healthy one is finalized on the service thread.
     if (aborted_ || comm_ == nullptr) return;
-    // Finalize flushes what is still queued; a peer that never completes it
-    // must not hang the destructor, so it is bounded like everything else.
-    ncclResult_t r = ncclCommFinalize(comm_);
-    const auto deadline = deadline_after(options_.timeout);
-    while (r == ncclSuccess || r == ncclInProgress) {
-      ncclResult_t state = ncclSuccess;
-      if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess || state != ncclInProgress) {
-        r = state;
-        break;
-      }
-      if (clock::now() > deadline) {
-        r = ncclInternalError;
-        break;
-      }
-      std::this_thread::yield();
-    }
-    if (r == ncclSuccess) {
-      ncclCommDestroy(comm_);
-    } else {
-      ncclCommAbort(comm_);
-    }
+    nccl_service::instance().retire(comm_, options_.timeout, std::move(scratch_));
   }
+
+  /// One-element device memory for barriers, made on first use and freed
+  /// with the communicator (cudaFree synchronizes: not on a loop thread).
+  void* scratch() {
+    if (!scratch_) {
+      detail::set_device(device_);
+      scratch_.emplace(sizeof(std::int32_t), memory_kind::device);
+    }
+    return scratch_->data();
+  }
+
+  /// For the service thread: checks each unfinished collective's
+  /// asynchronous error and deadline.
+  void sweep() noexcept;
 
   int rank() const noexcept { return rank_; }
   int size() const noexcept { return size_; }
@@ -154,6 +205,10 @@ class comm_state {
       ncclResult_t state = ncclSuccess;
       const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
       if (r != ncclSuccess) state = r;
+      if (auto injected = std::exchange(injected_enqueue_failure, {})) {
+        abort_locked(injected);
+        throw std::system_error(injected, std::string("cobatch: nccl: ") + what + " (injected failure)");
+      }
       if (state == ncclSuccess) return;
       if (state != ncclInProgress) {
         abort_locked(make_nccl_error_code(state));
@@ -188,6 +243,7 @@ class comm_state {
   std::mutex mutex_;  // the issuing thread, the poller and abort take turns on comm_
   std::mutex live_mutex_;  // guards live_
   std::vector<std::weak_ptr<collective_guard>> live_;
+  std::optional<allocation> scratch_;
   bool aborted_ = false;
   std::atomic<bool> failed_{false};
   mutable std::mutex failure_mutex_;
@@ -195,14 +251,27 @@ class comm_state {
 };
 
 /// Watches one collective: its communicator's asynchronous error, an abort,
-/// and its deadline.
+/// and its deadline. The deadline counts from when the collective started
+/// on the device (its `started` event completed, as first seen by a poll or
+/// the service thread), not from when it was issued: a collective queued
+/// behind long compute on its stream is not late.
 class collective_guard final : public detail::fence_guard {
  public:
-  collective_guard(std::shared_ptr<comm_state> state, std::shared_ptr<CUevent_st> done, clock::time_point deadline)
-      : state_(std::move(state)), done_(std::move(done)), deadline_(deadline) {}
+  collective_guard(std::shared_ptr<comm_state> state, std::shared_ptr<CUevent_st> started,
+                   std::shared_ptr<CUevent_st> done, std::chrono::milliseconds timeout)
+      : state_(std::move(state)), started_(std::move(started)), done_(std::move(done)), timeout_(timeout) {
+    if (!started_) started_at_.store(clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  }
   std::error_code check() const noexcept override {
     if (auto ec = state_->poll()) return ec;
-    if (clock::now() > deadline_) {
+    if (timeout_.count() <= 0) return {};
+    auto since = started_at_.load(std::memory_order_acquire);
+    if (since == 0) {
+      if (detail::query_event(started_.get()) != cudaSuccess) return {};
+      since = clock::now().time_since_epoch().count();
+      started_at_.store(since, std::memory_order_release);
+    }
+    if (clock::now() - clock::time_point(clock::duration(since)) > timeout_) {
       state_->abort(make_error_code(errc::timeout));
       return state_->failure();
     }
@@ -211,15 +280,106 @@ class collective_guard final : public detail::fence_guard {
   std::error_code cut_short() const noexcept override {
     return cut_short_.load(std::memory_order_acquire) ? state_->failure() : std::error_code{};
   }
-  bool finished() const noexcept { return cudaEventQuery(done_.get()) == cudaSuccess; }
+  bool finished() const noexcept { return detail::query_event(done_.get()) == cudaSuccess; }
   void mark_cut_short() noexcept { cut_short_.store(true, std::memory_order_release); }
 
  private:
   std::shared_ptr<comm_state> state_;
+  std::shared_ptr<CUevent_st> started_;
   std::shared_ptr<CUevent_st> done_;
-  clock::time_point deadline_;
+  std::chrono::milliseconds timeout_;
+  mutable std::atomic<clock::rep> started_at_{0};
   std::atomic<bool> cut_short_{false};
 };
+
+void comm_state::sweep() noexcept {
+  std::vector<std::shared_ptr<collective_guard>> unfinished;
+  {
+    std::lock_guard lock(live_mutex_);
+    for (auto& w : live_) {
+      if (auto g = w.lock(); g && !g->finished()) unfinished.push_back(std::move(g));
+    }
+  }
+  for (auto& g : unfinished) {
+    if (g->check()) return;  // aborted: every other collective is failed with it
+  }
+}
+
+void nccl_service::watch(const std::shared_ptr<comm_state>& c) {
+  std::lock_guard lock(mutex_);
+  for (auto& w : watched_) {
+    if (w.lock() == c) return;
+  }
+  watched_.push_back(c);
+}
+
+void nccl_service::retire(ncclComm_t comm, std::chrono::milliseconds timeout, std::optional<allocation> scratch) {
+  {
+    std::lock_guard lock(mutex_);
+    retirees_.push_back({comm, timeout, std::move(scratch)});
+  }
+  wake_.notify_all();
+}
+
+void nccl_service::finish(retiree& r) noexcept {
+  // Finalize flushes what is still queued; a peer that never completes it
+  // must not hold this thread forever, so it is bounded like everything else.
+  ncclResult_t res = ncclCommFinalize(r.comm);
+  const auto deadline = deadline_after(r.timeout);
+  while (res == ncclSuccess || res == ncclInProgress) {
+    ncclResult_t state = ncclSuccess;
+    if (ncclCommGetAsyncError(r.comm, &state) != ncclSuccess || state != ncclInProgress) {
+      res = state;
+      break;
+    }
+    if (clock::now() > deadline) {
+      res = ncclInternalError;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  if (res == ncclSuccess) {
+    ncclCommDestroy(r.comm);
+  } else {
+    ncclCommAbort(r.comm);
+  }
+  try {
+    r.scratch.reset();
+  } catch (...) {
+  }
+}
+
+void nccl_service::run() {
+  // The period bounds how late a deadline or a peer's failure is noticed
+  // when nobody polls; polls see them at once.
+  constexpr auto period = std::chrono::milliseconds(20);
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    while (!retirees_.empty()) {
+      auto r = std::move(retirees_.front());
+      retirees_.pop_front();
+      ++finishing_;
+      lock.unlock();
+      finish(r);
+      lock.lock();
+      --finishing_;
+    }
+    drained_.notify_all();
+    if (stop_) return;
+    std::vector<std::shared_ptr<comm_state>> live;
+    std::erase_if(watched_, [&](const std::weak_ptr<comm_state>& w) {
+      auto c = w.lock();
+      if (!c) return true;
+      live.push_back(std::move(c));
+      return false;
+    });
+    lock.unlock();
+    for (auto& c : live) c->sweep();
+    live.clear();  // may run a communicator's destructor, which takes the lock
+    lock.lock();
+    if (retirees_.empty() && !stop_) wake_.wait_for(lock, period);
+  }
+}
 
 void comm_state::abort_locked() noexcept {
   if (aborted_ || comm_ == nullptr) return;
@@ -246,22 +406,57 @@ void comm_state::track(const std::shared_ptr<collective_guard>& g) {
   live_.push_back(g);
 }
 
-/// Records the completion event of the calls just enqueued on `s` and
-/// attaches the guard that watches them.
-void watch(const std::shared_ptr<comm_state>& state, detail::cuda_stream& s) {
+/// Records the completion event of the calls just enqueued on `s` (after
+/// `started`, recorded before them, if given) and attaches the guard that
+/// watches them.
+void watch(const std::shared_ptr<comm_state>& state, detail::cuda_stream& s, std::shared_ptr<CUevent_st> started) {
   auto done = s.device()->events->acquire();
   COBATCH_CUDA_CHECK(cudaEventRecord(done.get(), s.get()));
-  auto guard = std::make_shared<collective_guard>(state, done, deadline_after(state->options().timeout));
+  auto guard = std::make_shared<collective_guard>(state, std::move(started), done, state->options().timeout);
   state->track(guard);
+  nccl_service::instance().watch(state);
   s.attach(std::move(guard), std::move(done));
 }
+
+/// A collective captured into a graph: each launch of the graph is watched
+/// like an eager call (its deadline counts from the launch).
+class captured_collective final : public detail::launch_note {
+ public:
+  explicit captured_collective(std::shared_ptr<comm_state> state) : state_(std::move(state)) {}
+  void on_launch(detail::cuda_stream& s) const override {
+    if (auto ec = state_->failure()) {
+      s.fail(ec);
+      return;
+    }
+    watch(state_, s, nullptr);
+  }
+
+ private:
+  std::shared_ptr<comm_state> state_;
+};
 
 // Calls issued inside a group of this thread wait for the outermost group's
 // end to be enqueued and watched.
 struct grouped_call {
   std::shared_ptr<comm_state> state;
   detail::cuda_stream* stream;
+  std::uint64_t ticket;
+  std::shared_ptr<CUevent_st> started;  // null when captured
+  unsigned long long capture = 0;
 };
+
+/// A group that did not issue: every collective in it fails, on every
+/// stream it was issued on (their kernels, if enqueued, return early after
+/// the abort, and their events complete without the data), and every
+/// communicator in it is aborted, since the group's other ranks wait for
+/// calls that will never come.
+void fail_group(const std::vector<grouped_call>& calls, std::error_code ec) noexcept {
+  for (const auto& c : calls) c.state->abort(ec);
+  for (const auto& c : calls) {
+    auto why = c.state->failure();
+    c.stream->fail_at(why ? why : ec, c.ticket);
+  }
+}
 thread_local int group_depth = 0;
 thread_local std::vector<grouped_call> grouped;
 
@@ -280,24 +475,34 @@ void end_group() {
   }
   auto calls = std::move(grouped);
   grouped.clear();
-  if (r != ncclSuccess && r != ncclInProgress) {
-    for (auto& c : calls) c.state->abort(make_nccl_error_code(r));
-    check_nccl(r, "ncclGroupEnd");
-  }
-  // Every communicator of the group must have enqueued its part before any
-  // completion event is recorded behind it.
-  std::vector<comm_state*> waited;
-  for (auto& c : calls) {
-    if (std::find(waited.begin(), waited.end(), c.state.get()) != waited.end()) continue;
-    waited.push_back(c.state.get());
-    std::lock_guard lock(c.state->mutex());
-    c.state->wait_issued("ncclGroupEnd");
+  try {
+    if (r != ncclSuccess && r != ncclInProgress) check_nccl(r, "ncclGroupEnd");
+    // Every communicator of the group must have enqueued its part before any
+    // completion event is recorded behind it.
+    std::vector<comm_state*> waited;
+    for (auto& c : calls) {
+      if (std::find(waited.begin(), waited.end(), c.state.get()) != waited.end()) continue;
+      waited.push_back(c.state.get());
+      std::lock_guard lock(c.state->mutex());
+      c.state->wait_issued("ncclGroupEnd");
+    }
+  } catch (const std::system_error& e) {
+    fail_group(calls, e.code());
+    throw;
+  } catch (...) {
+    fail_group(calls, make_error_code(errc::operation_failed));
+    throw;
   }
   for (std::size_t i = 0; i < calls.size(); ++i) {
     const auto& c = calls[i];
     const bool seen = std::any_of(calls.begin(), calls.begin() + static_cast<std::ptrdiff_t>(i),
                                   [&](const grouped_call& o) { return o.state == c.state && o.stream == c.stream; });
-    if (!seen) watch(c.state, *c.stream);
+    if (seen) continue;
+    if (c.capture != 0) {
+      detail::add_capture_note(c.capture, std::make_shared<captured_collective>(c.state));
+    } else {
+      watch(c.state, *c.stream, c.started);
+    }
   }
 }
 
@@ -365,11 +570,7 @@ class nccl_comm final : public gpu::detail::communicator_impl {
     // NCCL has no barrier; a one-element all-reduce makes every rank wait for
     // the others on the device.
     auto& cs = detail::as_cuda(s);
-    if (scratch_.data() == nullptr) {
-      detail::set_device(state_->device());
-      scratch_ = allocation(sizeof(std::int32_t), memory_kind::device);
-    }
-    void* p = scratch_.data();
+    void* p = state_->scratch();
     issue(cs, "ncclAllReduce (barrier)", [&](ncclComm_t c, cudaStream_t stream) {
       return ncclAllReduce(p, p, 1, ncclInt32, ncclSum, c, stream);
     });
@@ -387,7 +588,15 @@ class nccl_comm final : public gpu::detail::communicator_impl {
                                   ")");
     }
     detail::set_device(state_->device());
-    cs.issue();
+    // Inside a capture the call becomes a graph node: there is nothing to
+    // watch now, and each launch of the graph is watched instead.
+    const unsigned long long capture = cs.capture_id();
+    std::shared_ptr<CUevent_st> started;
+    if (capture == 0) {
+      started = cs.device()->events->acquire();
+      COBATCH_CUDA_CHECK(cudaEventRecord(started.get(), cs.get()));
+    }
+    const std::uint64_t ticket = cs.issue();
     const ncclResult_t r = call(state_->get(), cs.get());
     if (r != ncclSuccess && r != ncclInProgress) {
       // Argument errors are reported at once and leave the communicator
@@ -396,12 +605,23 @@ class nccl_comm final : public gpu::detail::communicator_impl {
       check_nccl(r, what);
     }
     if (group_depth > 0) {
-      grouped.push_back({state_, &cs});
+      grouped.push_back({state_, &cs, ticket, std::move(started), capture});
       return;
     }
-    state_->wait_issued(what);
+    try {
+      state_->wait_issued(what);
+    } catch (const std::system_error& e) {
+      // Accepted, perhaps enqueued, then failed: the stream must say so, or
+      // a wait on it would succeed once the aborted kernel returns.
+      cs.fail_at(e.code(), ticket);
+      throw;
+    }
     lock.unlock();
-    watch(state_, cs);
+    if (capture != 0) {
+      detail::add_capture_note(capture, std::make_shared<captured_collective>(state_));
+    } else {
+      watch(state_, cs, std::move(started));
+    }
   }
 
   void need(const void* a, const void* b, std::size_t count, const char* what) const {
@@ -417,7 +637,6 @@ class nccl_comm final : public gpu::detail::communicator_impl {
   }
 
   std::shared_ptr<comm_state> state_;
-  allocation scratch_;
 };
 
 ncclConfig_t non_blocking_config() {
@@ -519,6 +738,12 @@ std::vector<communicator> make_local_communicators(const std::vector<cuda_device
   for (auto& s : states) out.emplace_back(std::make_unique<nccl_comm>(std::move(s)));
   return out;
 }
+
+void wait_for_retired_communicators() { nccl_service::instance().drain(); }
+
+namespace fault {
+void fail_next_enqueue_wait(std::error_code ec) noexcept { injected_enqueue_failure = ec; }
+}  // namespace fault
 
 thread_group_guard::thread_group_guard() { start_group(); }
 

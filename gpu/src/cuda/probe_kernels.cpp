@@ -1,5 +1,6 @@
 #include "cobatch/gpu/cuda/probe_kernels.hpp"
 
+#include "cobatch/gpu/cuda/error.hpp"
 #include "cuda_stream.hpp"
 #include "probe_launch.hpp"
 
@@ -37,5 +38,19 @@ void scale_copy(const float* in, float* out, std::size_t n, float scale, stream_
 void empty(stream_ref s) { detail::note_launch(s, launch::empty(issue(s))); }
 
 void invalid_launch(stream_ref s) { detail::note_launch(s, launch::invalid_launch(issue(s))); }
+
+std::vector<int> compiled_architectures() {
+  std::vector<int> out(16);
+  const int n = launch::compiled_architectures(out.data(), static_cast<int>(out.size()));
+  out.resize(static_cast<std::size_t>(n));
+  if (n > 16) launch::compiled_architectures(out.data(), n);
+  return out;
+}
+
+int binary_version() {
+  int version = 0;
+  check_cuda(launch::binary_version(&version), "cudaFuncGetAttributes(empty_kernel)");
+  return version;
+}
 
 }  // namespace cobatch::gpu::cuda::probe

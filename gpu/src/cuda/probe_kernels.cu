@@ -1,5 +1,11 @@
 // The probe kernels. Compiled by nvcc as C++17; the C++20 side reaches them
 // through the launchers below, which return the launch status.
+//
+// Launches go through cudaLaunchKernelEx, whose return value is this
+// launch's own status. The <<<>>> syntax returns nothing, and reading the
+// status afterwards with cudaPeekAtLastError would also report any earlier
+// error left uncleared on the thread, failing a good launch for someone
+// else's mistake.
 #include "probe_launch.hpp"
 
 #include <cuda_runtime.h>
@@ -35,34 +41,53 @@ constexpr unsigned threads = 256;
 
 unsigned blocks_for(std::size_t n) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
+template <typename... Params, typename... Args>
+int start(void (*kernel)(Params...), unsigned blocks, unsigned block_threads, void* stream, Args... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(block_threads);
+  config.dynamicSmemBytes = 0;
+  config.stream = static_cast<cudaStream_t>(stream);
+  return static_cast<int>(cudaLaunchKernelEx(&config, kernel, args...));
+}
+
 }  // namespace
 
 int fma_chain(const float* in, float* out, std::size_t n, std::uint32_t iterations, void* stream) {
   if (n == 0) return 0;
-  fma_chain_kernel<<<blocks_for(n), threads, 0, static_cast<cudaStream_t>(stream)>>>(in, out, n, iterations);
-  return static_cast<int>(cudaPeekAtLastError());
+  return start(fma_chain_kernel, blocks_for(n), threads, stream, in, out, n, iterations);
 }
 
 int spin(std::uint64_t cycles, std::uint32_t* flag, std::uint32_t value, void* stream) {
-  spin_kernel<<<1, 32, 0, static_cast<cudaStream_t>(stream)>>>(cycles, flag, value);
-  return static_cast<int>(cudaPeekAtLastError());
+  return start(spin_kernel, 1, 32, stream, cycles, flag, value);
 }
 
 int scale_copy(const float* in, float* out, std::size_t n, float scale, void* stream) {
   if (n == 0) return 0;
-  scale_copy_kernel<<<blocks_for(n), threads, 0, static_cast<cudaStream_t>(stream)>>>(in, out, n, scale);
-  return static_cast<int>(cudaPeekAtLastError());
+  return start(scale_copy_kernel, blocks_for(n), threads, stream, in, out, n, scale);
 }
 
-int empty(void* stream) {
-  empty_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>();
-  return static_cast<int>(cudaPeekAtLastError());
-}
+int empty(void* stream) { return start(empty_kernel, 1, 1, stream); }
 
 int invalid_launch(void* stream) {
   // 4096 threads per block: more than any CUDA device allows (1024).
-  empty_kernel<<<1, 4096, 0, static_cast<cudaStream_t>(stream)>>>();
-  return static_cast<int>(cudaPeekAtLastError());
+  return start(empty_kernel, 1, 4096, stream);
+}
+
+int compiled_architectures(int* out, int capacity) {
+  // nvcc's list of the virtual architectures this file was compiled for
+  // (e.g. 800,900): what CMAKE_CUDA_ARCHITECTURES turned into.
+  static constexpr int list[] = {__CUDA_ARCH_LIST__};
+  const int n = static_cast<int>(sizeof(list) / sizeof(list[0]));
+  for (int i = 0; i < n && i < capacity; ++i) out[i] = list[i];
+  return n;
+}
+
+int binary_version(int* version) {
+  cudaFuncAttributes attributes{};
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, empty_kernel);
+  if (status == cudaSuccess) *version = attributes.binaryVersion;
+  return static_cast<int>(status);
 }
 
 }  // namespace cobatch::gpu::cuda::probe::launch

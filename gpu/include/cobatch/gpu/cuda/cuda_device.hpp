@@ -47,9 +47,12 @@ class cuda_device final : public device {
   cuda_device(const cuda_device&) = delete;
   cuda_device& operator=(const cuda_device&) = delete;
 
-  /// Devices visible to this process; 0 (not an exception) without a driver
-  /// or device, so that callers can decide to skip.
-  static int count() noexcept;
+  /// Devices visible to this process: 0 where there is no device or no
+  /// driver at all, so that callers can decide to skip; any other failure
+  /// (a driver older than the runtime, ...) throws cuda_error naming it.
+  /// take_device_census() (device_census.hpp) gives the same answer without
+  /// throwing, with the reason for none.
+  static int count();
 
   backend_kind backend() const noexcept override { return backend_kind::cuda; }
   std::string name() const override;

@@ -47,6 +47,14 @@ communicator bootstrap(cuda_device& dev, const launch_environment& env, communic
 std::vector<communicator> make_local_communicators(const std::vector<cuda_device*>& devices,
                                                    communicator_options options = {});
 
+/// Communicators whose last handle is gone are finalized and destroyed on a
+/// background thread, bounded by their timeout: finalizing waits for peers
+/// (and freeing device memory synchronizes the device), which must never
+/// block a loop thread. This blocks until every communicator destroyed so
+/// far is released; call it before cudaDeviceReset, or before the process
+/// tears CUDA down, so that neither races NCCL.
+void wait_for_retired_communicators();
+
 /// A thread-wide NCCL group (ncclGroupStart / ncclGroupEnd). Needed when one
 /// thread drives several ranks (make_local_communicators): each rank's
 /// collective waits for the others, so all must be issued before any is

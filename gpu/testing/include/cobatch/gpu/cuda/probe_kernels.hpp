@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace cobatch::gpu::cuda::probe {
 
@@ -38,5 +39,16 @@ void empty(stream_ref s);
 /// testing how failures reach awaiting code: the stream fails with
 /// cudaErrorInvalidConfiguration. The device and other streams are unharmed.
 void invalid_launch(stream_ref s);
+
+/// The architecture the probe kernels run as on the current device, as
+/// major * 10 + minor (90 on Hopper): equal to the device's compute
+/// capability when the build holds machine code for it; lower when the
+/// driver had to compile PTX at load time. Throws cuda_error.
+int binary_version();
+
+/// The architectures the kernels were compiled for, as nvcc numbers them
+/// (800 for sm_80, 900 for sm_90): what the build's CUDA architectures
+/// became. Needs no device.
+std::vector<int> compiled_architectures();
 
 }  // namespace cobatch::gpu::cuda::probe
