@@ -4,7 +4,8 @@ import os
 from conan import ConanFile
 from conan.tools.build import check_min_cppstd
 from conan.tools.cmake import CMake, CMakeDeps, CMakeToolchain, cmake_layout
-from conan.tools.files import copy
+from conan.errors import ConanException
+from conan.tools.files import copy, load, save
 
 required_conan_version = ">=2.0"
 
@@ -13,6 +14,7 @@ class CobatchConan(ConanFile):
     name = "cobatch"
     version = "0.1.0"
     description = "C++20 coroutines that drive GPU batch execution"
+    license = "Apache-2.0"
     topics = ("coroutines", "cuda", "gpu", "batching", "asio")
     package_type = "library"
     settings = "os", "arch", "compiler", "build_type"
@@ -31,6 +33,7 @@ class CobatchConan(ConanFile):
         "nccl": False,
     }
     exports_sources = (
+        "LICENSE",
         "CMakeLists.txt",
         "cmake/*",
         "coro/*",
@@ -53,9 +56,11 @@ class CobatchConan(ConanFile):
 
     def requirements(self):
         # Both are header-only and appear in cobatch's public headers or
-        # link interface, hence transitive.
-        self.requires("asio/[>=1.24 <2]", transitive_headers=True)
-        self.requires("concurrentqueue/1.0.4")
+        # link interface, hence transitive. The minimum versions are the ones
+        # cobatch is built and tested with (Debian bookworm's packages), which
+        # conan/system-* package for an offline build (scripts/conan-check).
+        self.requires("asio/[>=1.22.1 <2]", transitive_headers=True)
+        self.requires("concurrentqueue/[>=1.0.3 <2]")
 
     def validate(self):
         check_min_cppstd(self, 20)
@@ -99,6 +104,25 @@ class CobatchConan(ConanFile):
     def package(self):
         cmake = CMake(self)
         cmake.install()
+        copy(self, "LICENSE", self.source_folder, os.path.join(self.package_folder, "licenses"))
+        if self.options.cuda:
+            # Where CMake found the toolkit's libraries (and NCCL's), so that
+            # consumers link the same ones.
+            save(self, os.path.join(self.package_folder, "res", "cobatch_cuda_libdirs.txt"),
+                 "\n".join(self._found_cuda_libdirs()) + "\n")
+
+    def _found_cuda_libdirs(self):
+        cache = load(self, os.path.join(self.build_folder, "CMakeCache.txt"))
+        dirs = []
+        for line in cache.splitlines():
+            key, _, value = line.partition("=")
+            name = key.split(":")[0]
+            # FindCUDAToolkit's cudart and cmake/cobatch_cuda.cmake's NCCL.
+            if name in ("CUDA_cudart_LIBRARY", "COBATCH_NCCL_LIBRARY") and value and not value.endswith("-NOTFOUND"):
+                dirs.append(os.path.dirname(value))
+        if not dirs:
+            raise ConanException("cobatch: the CUDA build left no CUDA_cudart_LIBRARY in CMakeCache.txt")
+        return list(dict.fromkeys(dirs))
 
     def package_info(self):
         # Same names as the package's own cobatchConfig.cmake, so a consumer
@@ -109,8 +133,11 @@ class CobatchConan(ConanFile):
         coro = self.cpp_info.components["coro"]
         coro.set_property("cmake_target_name", "cobatch::coro")
         coro.libs = ["cobatch_coro"]
-        # ASIO_HAS_CO_AWAIT: as cobatch::coro's usage requirement (coro/CMakeLists.txt).
-        coro.defines = ["ASIO_STANDALONE", "ASIO_NO_DEPRECATED", "ASIO_HAS_CO_AWAIT=1"]
+        # The same definitions as cobatch::coro's usage requirements
+        # (cmake/cobatch_dependencies.cmake, coro/CMakeLists.txt): every
+        # translation unit that includes Asio must agree on them, and
+        # ASIO_HAS_CO_AWAIT turns on asio::awaitable under Clang with libstdc++.
+        coro.defines = ["ASIO_STANDALONE", "ASIO_NO_DEPRECATED", "ASIO_DISABLE_STD_ALIGNED_ALLOC", "ASIO_HAS_CO_AWAIT=1"]
         coro.requires = ["asio::asio", "concurrentqueue::concurrentqueue"]
         if self.settings.os in ("Linux", "FreeBSD"):
             coro.system_libs = ["pthread"]
@@ -120,7 +147,10 @@ class CobatchConan(ConanFile):
         gpu.libs = ["cobatch_gpu"]
         gpu.requires = ["coro"]
         if self.options.cuda:
-            # From the CUDA Toolkit installed on the system, outside Conan.
+            # From the CUDA Toolkit installed on the system, outside Conan: the
+            # library folders the build found (see package()).
+            libdirs = load(self, os.path.join(self.package_folder, "res", "cobatch_cuda_libdirs.txt"))
+            gpu.libdirs = ["lib"] + [d for d in libdirs.splitlines() if d]
             gpu.system_libs.append("cudart")
             if self.options.get_safe("nccl"):
                 gpu.system_libs.append("nccl")

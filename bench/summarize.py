@@ -34,6 +34,13 @@ TABLE = {
     "dispatch_ns": ("BM_dispatch_random_key", REAL_TIME),
     "launch_eager_cpu_ns": ("BM_launch_eager_64", "launch_cpu_ns"),
     "launch_graph_cpu_ns": ("BM_launch_graph_64", "launch_cpu_ns"),
+    "step_plan_ns": ("BM_step_plan", REAL_TIME),
+    "step_plan_cpu_ns": ("BM_step_plan", "plan_cpu_ns"),
+    "step_host_overhead_us": ("BM_step_host_overhead", "host_us_per_step"),
+    "step_gap_us": ("BM_step_gap", "gap_overlapped_us"),
+    "step_gap_sequential_us": ("BM_step_gap", "gap_sequential_us"),
+    "step_gap_ratio": ("BM_step_gap", "gap_ratio"),
+    "tuner_regret": ("BM_tuner_regret", "regret"),
 }
 # The completion reactor against the number of pending waits (8 streams), on
 # fences that claim their order and on fences that do not, in the same run.
@@ -100,6 +107,11 @@ TARGETS = {
     "dispatch_ns": ("dispatch_ns", "<=", 50),
     "reactor_sweep_ns_10k": ("reactor_sweep_ns_10k", "<=", 1000),
     "reactor_completion_10k_over_10": ("reactor_completion_10k_over_10", "<=", 2),
+    "step_plan_ns": ("step_plan_ns", "<=", 20000),
+    "step_host_overhead_us": ("step_host_overhead_us", "<=", 100),
+    "step_gap_us": ("step_gap_us", "<=", 20),
+    "step_gap_ratio": ("step_gap_ratio", ">=", 5),
+    "tuner_regret": ("tuner_regret", ">=", 0.9),
 }
 
 NS_PER_UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}

@@ -1,5 +1,7 @@
 #include "cobatch/coro/completion_reactor.hpp"
 
+#include "cobatch/coro/run_loop.hpp"
+
 #include <concurrentqueue/concurrentqueue.h>
 
 #include <algorithm>
@@ -124,6 +126,9 @@ completion_reactor::completion_reactor(executor_type executor, options opts)
 
 completion_reactor::~completion_reactor() {
   stop_thread();
+  // Either of a loop and its reactor may go first: the one that goes first
+  // detaches them.
+  if (attached_ != nullptr) attached_->detach();
   shutdown();
 }
 
@@ -280,7 +285,60 @@ void completion_reactor::shutdown() {
   polling_.store(false, std::memory_order_release);
 }
 
+void completion_reactor::abandon(const asio::execution_context& context) noexcept {
+  // Take the poller's place, as shutdown() does, so no poll completes an op
+  // while it is being taken out.
+  bool expected = false;
+  while (!polling_.compare_exchange_weak(expected, true, std::memory_order_acquire)) {
+    expected = false;
+    std::this_thread::yield();
+  }
+  auto& ordered = queue_->ordered;
+  std::size_t delivered = 0;
+  detail::reactor_op* op = nullptr;
+  while (queue_->ops.try_dequeue(op)) {
+    if (op->order.claimed()) {
+      ordered.insert(op);
+    } else {
+      waiting_.push_back(op);
+    }
+  }
+  // Cancellations on their way hold references: settle them now, so that an
+  // op bound to `context` is freed below and not after the context is gone.
+  while (queue_->cancels.try_dequeue(op)) {
+    queue_->cancel_count.fetch_sub(1, std::memory_order_relaxed);
+    if (op->queued && op->target() != &context) {
+      ordered.remove(op);
+      deliver(op, asio::error::operation_aborted, delivered);
+    }
+    op->release();
+  }
+  std::vector<detail::reactor_op*> dropped;
+  auto bound_there = [&](detail::reactor_op* w) {
+    if (w->target() != &context) return false;
+    dropped.push_back(w);
+    return true;
+  };
+  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), bound_there), waiting_.end());
+  for (std::size_t i = 0; i < ordered.active.size();) {
+    detail::stream_queue& q = *ordered.active[i];
+    for (detail::reactor_op* w = q.head; w != nullptr;) {
+      detail::reactor_op* next = w->next;
+      if (bound_there(w)) ordered.unlink(q, w);
+      w = next;
+    }
+    if (q.head != nullptr) ++i;  // else unlink moved another stream into slot i
+  }
+  pending_.fetch_sub(dropped.size() + delivered, std::memory_order_acq_rel);
+  polling_.store(false, std::memory_order_release);
+  // Outside the poller's place: destroying a handler may destroy coroutine
+  // frames, which may call back into this reactor.
+  for (auto* w : dropped) w->release();
+}
+
 void completion_reactor::start_thread() {
+  // Two threads may call this at once: the lock makes it idempotent.
+  std::lock_guard lock(thread_mutex_);
   if (thread_.joinable()) return;
   thread_stop_.store(false, std::memory_order_release);
   set_sleeper(&own_sleeper_);
@@ -310,6 +368,7 @@ void completion_reactor::start_thread() {
 }
 
 void completion_reactor::stop_thread() {
+  std::lock_guard lock(thread_mutex_);
   if (!thread_.joinable()) return;
   thread_stop_.store(true, std::memory_order_release);
   own_sleeper_.wake();

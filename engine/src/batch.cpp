@@ -73,7 +73,7 @@ using detail::fault;
 batch_shape validate_batch(const batch_view& batch) {
   batch_shape shape;
   std::string text;
-  if (const fault f = detail::check_batch(batch, shape, &text)) detail::raise(f, text);
+  if (const fault f = detail::check_batch(batch, shape, &text)) detail::raise(f, "validate_batch", text);
   return shape;
 }
 

@@ -36,17 +36,6 @@ class category final : public std::error_category {
   }
 };
 
-std::string describe(errc code, const std::string& detail, const std::source_location& where) {
-  std::string text = detail;
-  text += " [";
-  text += where.file_name();
-  text += ':';
-  text += std::to_string(where.line());
-  text += ']';
-  (void)code;
-  return text;
-}
-
 }  // namespace
 
 const std::error_category& engine_category() noexcept {
@@ -55,7 +44,7 @@ const std::error_category& engine_category() noexcept {
 }
 
 engine_error::engine_error(errc code, const std::string& detail, std::source_location where)
-    : std::system_error(make_error_code(code), describe(code, detail, where)), where_(where) {}
+    : std::system_error(make_error_code(code), detail), where_(where) {}
 
 void throw_engine_error(errc code, const std::string& detail, std::source_location where) {
   throw engine_error(code, detail, where);

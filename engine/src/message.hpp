@@ -5,7 +5,6 @@
 #include <cobatch/engine/error.hpp>
 
 #include <concepts>
-#include <source_location>
 #include <cstdio>
 #include <string>
 #include <string_view>
@@ -46,10 +45,10 @@ fault fail(std::string* detail, errc code, const Parts&... parts) {
   return fault{code};
 }
 
-/// Turns a fault into the throwing overload's exception.
-[[noreturn]] inline void raise(fault f, const std::string& detail,
-                               std::source_location where = std::source_location::current()) {
-  throw_engine_error(f.code, detail, where);
+/// Turns a fault into the throwing overload `api`'s exception: the message
+/// names the call, then the check's detail.
+[[noreturn]] inline void raise(fault f, std::string_view api, const std::string& detail) {
+  throw_engine_error(f.code, cat(api, ": ", detail));
 }
 
 }  // namespace cobatch::engine::detail

@@ -9,7 +9,8 @@ namespace cobatch::engine {
 const ubatch& ubatch_context::slice() const {
   if (slice_ == nullptr) {
     throw_engine_error(errc::invalid_argument,
-                       detail::cat("micro-batch ", index_, ": the step was run without a plan, so it has no slice"));
+                       detail::cat("ubatch_context::slice: micro-batch ", index_,
+                                   " belongs to a step run without a plan, so it has no slice"));
   }
   return *slice_;
 }
@@ -27,8 +28,9 @@ ubatch_context::switch_awaiter ubatch_context::switch_stream(gpu::stream_role to
   if (role_ == to) {
     const bool comm = to == gpu::stream_role::communication;
     throw_engine_error(errc::invalid_argument,
-                       detail::cat("micro-batch ", index_, comm ? ": switch_to_comm() while already on the comm stream"
-                                                                 : ": switch_to_compute() while already on the compute stream"));
+                       detail::cat(comm ? "ubatch_context::switch_to_comm: micro-batch "
+                                        : "ubatch_context::switch_to_compute: micro-batch ",
+                                   index_, comm ? " is already on the comm stream" : " is already on the compute stream"));
   }
   if (trace_ != nullptr) close_span();
   from.record(done);  // the other stream waits on it after the hand-over (join_after_switch)

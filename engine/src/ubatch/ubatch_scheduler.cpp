@@ -33,7 +33,7 @@ void ubatch_scheduler::begin_step(std::int32_t count) {
     throw_engine_error(errc::invalid_argument,
                        detail::cat("ubatch_scheduler::run: ", count, " micro-batches; at least 1 is needed"));
   }
-  if (running_) {
+  if (running_.exchange(true, std::memory_order_acq_rel)) {
     // The per-micro-batch events are the scheduler's: two steps at once
     // would record into each other's joins.
     throw_engine_error(errc::invalid_argument,
@@ -41,17 +41,21 @@ void ubatch_scheduler::begin_step(std::int32_t count) {
                        "scheduler per concurrent step");
   }
   const auto n = static_cast<std::size_t>(count);
-  while (compute_done_.size() < n) {
-    const auto i = compute_done_.size();
-    compute_done_.push_back(device_->make_event());
-    comm_done_.push_back(device_->make_event());
-    const bool shared = options_.streams == stream_assignment::shared;
-    const auto c = i % pool_->size(gpu::stream_role::compute);
-    const auto m = i % pool_->size(gpu::stream_role::communication);
-    compute_lanes_.push_back(shared ? std::string("compute") : detail::cat("compute ", c));
-    comm_lanes_.push_back(shared ? std::string("comm") : detail::cat("comm ", m));
+  try {
+    while (compute_done_.size() < n) {
+      const auto i = compute_done_.size();
+      compute_done_.push_back(device_->make_event());
+      comm_done_.push_back(device_->make_event());
+      const bool shared = options_.streams == stream_assignment::shared;
+      const auto c = i % pool_->size(gpu::stream_role::compute);
+      const auto m = i % pool_->size(gpu::stream_role::communication);
+      compute_lanes_.push_back(shared ? std::string("compute") : detail::cat("compute ", c));
+      comm_lanes_.push_back(shared ? std::string("comm") : detail::cat("comm ", m));
+    }
+  } catch (...) {
+    running_.store(false, std::memory_order_release);
+    throw;
   }
-  running_ = true;
 }
 
 void ubatch_scheduler::join_streams(std::int32_t count) {

@@ -94,8 +94,10 @@ struct plan_builder {
   // Fills `plan` from the cut positions (cuts[0] == 0, strictly increasing,
   // all below num_tokens): one pass to find request ranges and the arena
   // size, one allocation, one pass to copy and adjust the metadata.
+  // `pad_query_len` > 0 (a uniform-decode batch's query length) pads each
+  // micro-batch's requests to cover its padding rows with empty requests.
   static void build(ubatch_plan& plan, const batch_view& b, std::span<const std::int64_t> cuts,
-                    std::int32_t padded) {
+                    std::int32_t padded, std::int32_t pad_query_len) {
     const auto n = static_cast<std::int32_t>(cuts.size());
     const std::int32_t tokens = b.num_tokens;
     const std::int32_t reqs = b.num_reqs();
@@ -120,15 +122,17 @@ struct plan_builder {
       } else {
         e.req_end = reqs;
       }
+      const std::int32_t padding = e.padded_tokens - (e.token_end - e.token_begin);
+      e.empty_reqs = pad_query_len > 0 ? (padding + pad_query_len - 1) / pad_query_len : 0;
       e.arena_offset = static_cast<std::int32_t>(arena);
-      arena += 2 * static_cast<std::int64_t>(e.req_end - e.req_begin) + 1;
+      arena += 2 * (static_cast<std::int64_t>(e.req_end - e.req_begin) + e.empty_reqs) + 1;
     }
     plan.arena_.resize(static_cast<std::size_t>(arena));
     std::int32_t* out = plan.arena_.data();
     for (const auto& e : plan.entries_) {
       const std::int32_t m = e.req_end - e.req_begin;
       std::int32_t* q = out + e.arena_offset;
-      std::int32_t* s = q + m + 1;
+      std::int32_t* s = q + m + e.empty_reqs + 1;
       const std::int32_t* src = loc + e.req_begin;
       const std::int32_t shift = e.token_begin;
       for (std::int32_t j = 0; j <= m; ++j) q[j] = src[j] - shift;
@@ -139,6 +143,8 @@ struct plan_builder {
       q[m] = e.token_end - shift;
       std::memcpy(s, b.seq_lens.data() + e.req_begin, static_cast<std::size_t>(m) * sizeof(std::int32_t));
       s[m - 1] -= loc[e.req_end] - e.token_end;
+      std::fill_n(q + m + 1, e.empty_reqs, q[m]);
+      std::fill_n(s + m, e.empty_reqs, 0);
     }
   }
 
@@ -204,7 +210,8 @@ fault slice(const batch_view& b, const slice_request& r, const slice_policy& p, 
       }
     }
   }
-  plan_builder::build(plan, b, cuts, r.padded_tokens);
+  const std::int32_t q = p.thresholds.uniform_decode_query_len;
+  plan_builder::build(plan, b, cuts, r.padded_tokens, shape.is_uniform(q) ? q : 0);
   plan_builder::set(plan, outcome, used, p.mode, shape.num_tokens, r.padded_tokens);
   return {};
 }
@@ -215,15 +222,24 @@ fault slice(const batch_view& b, const slice_request& r, const slice_policy& p, 
 ubatch ubatch_plan::operator[](std::int32_t k) const noexcept {
   const entry& e = entries_[static_cast<std::size_t>(k)];
   const std::size_t m = static_cast<std::size_t>(e.req_end - e.req_begin);
+  const std::size_t padded_m = m + static_cast<std::size_t>(e.empty_reqs);
   const std::int32_t* q = arena_.data() + e.arena_offset;
-  return ubatch{e.token_begin, e.token_end, e.req_begin, e.req_end, e.padded_tokens,
-                std::span<const std::int32_t>(q, m + 1), std::span<const std::int32_t>(q + m + 1, m)};
+  const std::int32_t* s = q + padded_m + 1;
+  return ubatch{e.token_begin,
+                e.token_end,
+                e.req_begin,
+                e.req_end,
+                e.padded_tokens,
+                std::span<const std::int32_t>(q, m + 1),
+                std::span<const std::int32_t>(s, m),
+                std::span<const std::int32_t>(q, padded_m + 1),
+                std::span<const std::int32_t>(s, padded_m)};
 }
 
 ubatch ubatch_plan::at(std::int32_t k) const {
   if (k < 0 || k >= size()) {
     throw_engine_error(errc::invalid_argument,
-                       detail::cat("micro-batch ", k, " is out of range of a plan of ", size()));
+                       detail::cat("ubatch_plan::at: micro-batch ", k, " is out of range of a plan of ", size()));
   }
   return (*this)[k];
 }
@@ -239,7 +255,7 @@ void slice_batch(const batch_view& batch, const slice_request& request, const sl
   std::string text;
   if (const detail::fault f = detail::slice(batch, request, policy, plan, &text)) {
     detail::plan_builder::clear(plan);
-    detail::raise(f, text);
+    detail::raise(f, "slice_batch", text);
   }
 }
 
@@ -255,16 +271,16 @@ namespace detail {
 row_range ubatch_rows(const ubatch_plan& plan, std::int32_t k, token_extent extent, std::int64_t available) {
   if (k < 0 || k >= plan.size()) {
     throw_engine_error(errc::invalid_argument,
-                       cat("micro-batch ", k, " is out of range of a plan of ", plan.size()));
+                       cat("ubatch_rows: micro-batch ", k, " is out of range of a plan of ", plan.size()));
   }
   if (extent != token_extent::real && extent != token_extent::padded) {
-    throw_engine_error(errc::unknown_mode, cat("token_extent=", static_cast<int>(extent), " is not a token_extent"));
+    throw_engine_error(errc::unknown_mode, cat("ubatch_rows: token_extent=", static_cast<int>(extent), " is not a token_extent"));
   }
   const ubatch u = plan[k];
   const std::int64_t end = extent == token_extent::real ? u.token_end : std::int64_t{u.token_begin} + u.padded_tokens;
   if (end > available) {
     throw_engine_error(errc::invalid_argument,
-                       cat("micro-batch ", k, " covers rows [", u.token_begin, ", ", end,
+                       cat("ubatch_rows: micro-batch ", k, " covers rows [", u.token_begin, ", ", end,
                            ") but the input has ", available, " rows"));
   }
   return {u.token_begin, end};

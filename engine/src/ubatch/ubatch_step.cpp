@@ -10,43 +10,11 @@
 
 namespace cobatch::engine::detail {
 
-// Runs the hooks that waited for micro-batch i's switch, then hands over as
-// the switch would have. A coroutine of its own because hooks may await (a
-// hook typically waits for a collective's result); it carries the step's
-// executor and cancellation slot so that what the hooks await behaves as it
-// would inside a micro-batch. It destroys itself when done.
-class ubatch_step::hook_runner {
- public:
-  struct promise_type : coro::detail::promise_context {
-    ubatch_step* step = nullptr;
-    std::int32_t index = 0;
-
-    hook_runner get_return_object() noexcept {
-      return hook_runner{std::coroutine_handle<promise_type>::from_promise(*this)};
-    }
-    std::suspend_always initial_suspend() noexcept { return {}; }
-    struct final_awaiter {
-      bool await_ready() noexcept { return false; }
-      std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> self) noexcept {
-        ubatch_step* s = self.promise().step;
-        const std::int32_t i = self.promise().index;
-        self.destroy();
-        return s->next_after(i);
-      }
-      void await_resume() noexcept {}
-    };
-    final_awaiter final_suspend() noexcept { return {}; }
-    void return_void() noexcept {}
-    // Every hook's failure is caught in the body; nothing else can throw.
-    void unhandled_exception() noexcept { std::terminate(); }
-  };
-
-  std::coroutine_handle<promise_type> handle;
-};
-
-ubatch_step::hook_runner ubatch_step::run_hooks(ubatch_step& step, std::int32_t i,
-                                                std::vector<pending_hook> hooks) {
-  (void)i;
+// Runs the hooks that waited for a micro-batch's switch. A coroutine of its
+// own because hooks may await (a hook typically waits for a collective's
+// result); its driver carries the step's executor and cancellation slot so
+// that what the hooks await behaves as it would inside a micro-batch.
+coro::detail::driver ubatch_step::run_hooks(ubatch_step& step, std::vector<pending_hook> hooks) {
   for (auto& hook : hooks) {
     // Once the step is cancelled its result is thrown away, and the caller
     // waits for the streams before returning, so the remaining hooks (which
@@ -63,7 +31,7 @@ ubatch_step::hook_runner ubatch_step::run_hooks(ubatch_step& step, std::int32_t 
 }
 
 ubatch_step::ubatch_step(std::int32_t count, timeline* trace)
-    : slots_(static_cast<std::size_t>(count)), trace_(trace), live_(count) {}
+    : slots_(static_cast<std::size_t>(count)), trace_(trace) {}
 
 ubatch_step::~ubatch_step() { detach_parent(); }
 
@@ -107,7 +75,6 @@ std::coroutine_handle<> ubatch_step::next_after(std::int32_t i) noexcept {
       if (cancelled_) {
         // Never started: nothing to unwind, nothing enqueued.
         s.st = state::finished;
-        --live_;
         continue;
       }
       return resume_slot(j);
@@ -125,13 +92,9 @@ std::coroutine_handle<> ubatch_step::hand_over(std::int32_t i) noexcept {
   std::vector<pending_hook> hooks = std::move(s.hooks);
   s.hooks.clear();
   try {
-    hook_runner runner = run_hooks(*this, i, std::move(hooks));
-    auto& p = runner.handle.promise();
-    p.step = this;
-    p.index = i;
-    p.set_executor(executor_);
-    p.set_cancellation_slot(signal_.slot());
-    return runner.handle;
+    hooks_ = run_hooks(*this, std::move(hooks));
+    hooks_.bind(hook_owner_, static_cast<std::size_t>(i), executor_, signal_.slot(), chain_);
+    return hooks_.handle();
   } catch (...) {
     // No memory for the runner's frame: the hooks cannot run, so the step
     // fails rather than continue without them.
@@ -166,7 +129,6 @@ void ubatch_step::resume_from_switch(std::int32_t i) {
 std::coroutine_handle<> ubatch_step::finish(std::int32_t i) noexcept {
   auto& s = slots_[i];
   s.st = state::finished;
-  --live_;
   if (trace_ != nullptr) trace_host_span(i, "to end");
   return hand_over(i);
 }

@@ -3,6 +3,7 @@
 // waiting never blocks a user thread, exactly as an NCCL kernel waits on the
 // GPU and not on the host.
 #include "cobatch/gpu/error.hpp"
+#include "cobatch/gpu/float16.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 
 #include <algorithm>
@@ -43,6 +44,22 @@ void reduce_into(T* acc, const T* in, std::size_t n, reduce_op op) {
   }
 }
 
+// 16-bit floats reduce in f32 and round once per element, as NCCL does.
+template <typename Half>
+void reduce_halves(Half* acc, const Half* in, std::size_t n, reduce_op op) {
+  for (std::size_t i = 0; i < n; ++i) {
+    float a = acc[i].to_float();
+    const float b = in[i].to_float();
+    switch (op) {
+      case reduce_op::sum: a += b; break;
+      case reduce_op::prod: a *= b; break;
+      case reduce_op::min: a = std::min(a, b); break;
+      case reduce_op::max: a = std::max(a, b); break;
+    }
+    acc[i] = Half::from_float(a);
+  }
+}
+
 void reduce_bytes(std::byte* acc, const std::byte* in, std::size_t n, data_type t, reduce_op op) {
   switch (t) {
     case data_type::f32: reduce_into(reinterpret_cast<float*>(acc), reinterpret_cast<const float*>(in), n, op); break;
@@ -56,6 +73,8 @@ void reduce_bytes(std::byte* acc, const std::byte* in, std::size_t n, data_type 
     case data_type::u8:
       reduce_into(reinterpret_cast<std::uint8_t*>(acc), reinterpret_cast<const std::uint8_t*>(in), n, op);
       break;
+    case data_type::bf16: reduce_halves(reinterpret_cast<bf16*>(acc), reinterpret_cast<const bf16*>(in), n, op); break;
+    case data_type::f16: reduce_halves(reinterpret_cast<f16*>(acc), reinterpret_cast<const f16*>(in), n, op); break;
   }
 }
 
@@ -140,18 +159,23 @@ class rendezvous {
     auto l = box.front();
     box.pop_front();
     l->taken = true;
-    cv_.notify_all();
     if (l->bytes != bytes) {
-      raise(errc::rank_mismatch, "rank " + std::to_string(from) + " sent " + std::to_string(l->bytes) +
-                                     " bytes, rank " + std::to_string(to) + " expected " + std::to_string(bytes));
+      // A protocol error, as NCCL's asynchronous error: the communicator is
+      // aborted so that every rank fails with it (the sender, which would
+      // otherwise report success, and ranks waiting at a later collective,
+      // which would otherwise wait out the timeout, or forever).
+      const std::string why = "rank " + std::to_string(from) + " sent " + std::to_string(l->bytes) + " bytes, rank " +
+                              std::to_string(to) + " expected " + std::to_string(bytes);
+      abort_locked(errc::rank_mismatch, why);
+      raise(errc::rank_mismatch, why);
     }
+    cv_.notify_all();
     std::memcpy(buf, l->data, bytes);
   }
 
   void abort(errc why) noexcept {
     std::lock_guard lock(mutex_);
-    if (!aborted_) aborted_ = why;
-    cv_.notify_all();
+    abort_locked(why, "communicator aborted");
   }
 
  private:
@@ -161,16 +185,24 @@ class rendezvous {
     if (options_.timeout.count() > 0) {
       if (!cv_.wait_for(lock, options_.timeout, done)) {
         // A rank that never arrives must not hang the others: abort all.
-        aborted_ = errc::timeout;
-        cv_.notify_all();
+        abort_locked(errc::timeout, "a rank did not arrive in time; communicator aborted");
       }
     } else {
       cv_.wait(lock, done);
     }
-    if (aborted_) {
-      raise(*aborted_, *aborted_ == errc::timeout ? "a rank did not arrive in time; communicator aborted"
-                                                  : "communicator aborted");
+    if (aborted_) raise(*aborted_, abort_reason_);
+  }
+
+  void abort_locked(errc why, const std::string& reason) noexcept {
+    if (!aborted_) {
+      aborted_ = why;
+      try {
+        abort_reason_ = reason;
+      } catch (...) {
+        // The code still says why.
+      }
     }
+    cv_.notify_all();
   }
 
   std::vector<std::byte> compute(int rank, const call& mine) const {
@@ -216,6 +248,7 @@ class rendezvous {
   bool copying_ = false;
   unsigned long generation_ = 0;
   std::optional<errc> aborted_;
+  std::string abort_reason_;  // what every rank's error says once aborted_
   std::map<std::pair<int, int>, std::deque<std::shared_ptr<letter>>> mailbox_;
 };
 

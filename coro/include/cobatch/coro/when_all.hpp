@@ -4,6 +4,7 @@
 // so no child is left running when when_all returns.
 #pragma once
 
+#include "cobatch/coro/detail/driver.hpp"
 #include "cobatch/coro/task.hpp"
 
 #include <asio/cancellation_signal.hpp>
@@ -19,7 +20,6 @@
 #include <type_traits>
 #include <utility>
 #include <variant>
-#include <vector>
 
 namespace cobatch::coro {
 namespace detail {
@@ -43,7 +43,8 @@ struct when_all_value {
 template <typename A>
 using when_all_value_t = typename when_all_value<A>::type;
 
-struct when_all_shared {
+// The children's owner: counts them down and keeps the first failure.
+struct when_all_shared final : driver_owner {
   std::atomic<std::size_t> remaining{0};
   std::coroutine_handle<> parent;
   std::exception_ptr first_error;
@@ -51,56 +52,21 @@ struct when_all_shared {
   asio::cancellation_signal* signals = nullptr;
   std::size_t count = 0;
 
-  void cancel_all_but(std::size_t index) {
+  void driver_failed(std::size_t index, std::exception_ptr error) noexcept override {
+    if (failed.exchange(true, std::memory_order_acq_rel)) return;
+    first_error = std::move(error);
     for (std::size_t i = 0; i < count; ++i) {
       if (i != index) signals[i].emit(asio::cancellation_type::terminal);
     }
   }
-};
-
-class when_all_child {
- public:
-  struct promise_type : promise_context {
-    when_all_shared* shared = nullptr;
-    std::size_t index = 0;
-
-    when_all_child get_return_object() noexcept {
-      return when_all_child{std::coroutine_handle<promise_type>::from_promise(*this)};
-    }
-    std::suspend_always initial_suspend() noexcept { return {}; }
-    struct final_awaiter {
-      bool await_ready() noexcept { return false; }
-      std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> h) noexcept {
-        auto* state = h.promise().shared;
-        if (state->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) return state->parent;
-        return std::noop_coroutine();
-      }
-      void await_resume() noexcept {}
-    };
-    final_awaiter final_suspend() noexcept { return {}; }
-    void return_void() noexcept {}
-    void unhandled_exception() noexcept {
-      if (!shared->failed.exchange(true, std::memory_order_acq_rel)) {
-        shared->first_error = std::current_exception();
-        shared->cancel_all_but(index);
-      }
-    }
-  };
-
-  explicit when_all_child(std::coroutine_handle<promise_type> h) noexcept : h_(h) {}
-  when_all_child(when_all_child&& o) noexcept : h_(std::exchange(o.h_, {})) {}
-  when_all_child& operator=(when_all_child&&) = delete;
-  ~when_all_child() {
-    if (h_) h_.destroy();
+  std::coroutine_handle<> driver_done(std::size_t) noexcept override {
+    if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) return parent;
+    return std::noop_coroutine();
   }
-  std::coroutine_handle<promise_type> handle() const noexcept { return h_; }
-
- private:
-  std::coroutine_handle<promise_type> h_;
 };
 
 template <typename A, typename V>
-when_all_child run_child(A awaitable, std::optional<V>& out) {
+driver run_child(A awaitable, std::optional<V>& out) {
   if constexpr (std::is_same_v<V, std::monostate>) {
     co_await std::move(awaitable);
     out.emplace();
@@ -115,6 +81,13 @@ class when_all_awaiter {
 
  public:
   explicit when_all_awaiter(A... awaitables) : awaitables_(std::move(awaitables)...) {}
+  when_all_awaiter(const when_all_awaiter&) = delete;
+  when_all_awaiter& operator=(const when_all_awaiter&) = delete;
+  // Destroyed while suspended (its chain was abandoned): the parent's signal
+  // may outlive this frame, so it must not keep a handler pointing here.
+  ~when_all_awaiter() {
+    if (parent_slot_.is_connected()) parent_slot_.clear();
+  }
 
   bool await_ready() const noexcept { return count == 0; }
 
@@ -137,7 +110,10 @@ class when_all_awaiter {
   }
 
   std::tuple<when_all_value_t<A>...> await_resume() {
-    if (parent_slot_.is_connected()) parent_slot_.clear();
+    if (parent_slot_.is_connected()) {
+      parent_slot_.clear();
+      parent_slot_ = {};
+    }
     if (shared_.first_error) std::rethrow_exception(shared_.first_error);
     return take(std::index_sequence_for<A...>{});
   }
@@ -145,21 +121,18 @@ class when_all_awaiter {
  private:
   template <typename P, std::size_t... I>
   void start(std::coroutine_handle<P> parent, std::index_sequence<I...>) {
-    (children_.emplace_back(run_child(std::move(std::get<I>(awaitables_)), std::get<I>(results_))), ...);
-    std::size_t i = 0;
-    for (auto& child : children_) {
-      auto& promise = child.handle().promise();
-      if constexpr (has_promise_context<P>) promise.inherit(parent.promise());
-      promise.set_cancellation_slot(signals_[i].slot());
-      promise.shared = &shared_;
-      promise.index = i++;
+    ((children_[I] = run_child(std::move(std::get<I>(awaitables_)), std::get<I>(results_))), ...);
+    asio::any_io_executor ex;
+    chain_root* chain = nullptr;
+    if constexpr (has_promise_context<P>) {
+      ex = parent.promise().executor();
+      chain = parent.promise().chain();
     }
+    for (std::size_t i = 0; i < count; ++i) children_[i].bind(shared_, i, ex, signals_[i].slot(), chain);
     // Children may finish (and resume the parent) only after all started:
     // `remaining` holds one extra count until the loop is done. With an
     // executor, children start as queued work in order, so that they
     // interleave fairly from their first switch; without one, inline.
-    asio::any_io_executor ex;
-    if constexpr (has_promise_context<P>) ex = parent.promise().executor();
     for (auto& child : children_) {
       if (ex) {
         asio::post(ex, [h = child.handle()] { h.resume(); });
@@ -177,7 +150,7 @@ class when_all_awaiter {
   std::tuple<A...> awaitables_;
   std::tuple<std::optional<when_all_value_t<A>>...> results_;
   std::array<asio::cancellation_signal, count> signals_;
-  std::vector<when_all_child> children_;
+  std::array<driver, count> children_;
   when_all_shared shared_;
   asio::cancellation_slot parent_slot_;
 };

@@ -28,7 +28,10 @@ inline std::error_code make_error_code(errc e) noexcept {
 }
 
 /// Thrown by the engine's throwing overloads. Carries the code, a detail
-/// message built only on failure, and where the failure was detected.
+/// message built only on failure ("<api call>: <what was wrong, with the
+/// offending value>"), and where the failure was detected. The message never
+/// carries the source location: it names the call the user made, not a file
+/// of the build machine; where() is for debuggers.
 class engine_error : public std::system_error {
  public:
   engine_error(errc code, const std::string& detail,

@@ -3,6 +3,7 @@
 // stream or an event like any other work.
 #pragma once
 
+#include "cobatch/gpu/data_type.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/stream.hpp"
 
@@ -22,19 +23,7 @@ struct communicator_options {
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
 };
 
-enum class data_type { f32, f64, i32, i64, u8 };
 enum class reduce_op { sum, prod, min, max };
-
-constexpr std::size_t size_of(data_type t) noexcept {
-  switch (t) {
-    case data_type::f32: return 4;
-    case data_type::f64: return 8;
-    case data_type::i32: return 4;
-    case data_type::i64: return 8;
-    case data_type::u8: return 1;
-  }
-  return 0;
-}
 
 namespace detail {
 class communicator_impl {
@@ -92,7 +81,10 @@ class group_guard {
 };
 
 /// One rank's endpoint. Every rank must issue the same collectives in the same
-/// order; a mismatch is reported as errc::rank_mismatch on every rank's stream.
+/// order; a mismatch is reported as errc::rank_mismatch on every rank's
+/// stream (the host backend also aborts the communicator on a point-to-point
+/// size mismatch, so that the sender and bystanders fail too).
+/// Threads: one thread at a time per endpoint (its group state is host-side).
 /// Buffers must stay valid until the stream has run the collective.
 class communicator {
  public:

@@ -1,12 +1,19 @@
 // event: a marker recorded on a stream. Other streams can wait on it on the
 // device (a join that blocks no host thread); coroutines can await it through
 // the completion reactor.
+//
+// Threads: query and async_wait from any thread. Lifetime: an event may be
+// destroyed while a wait on it is pending and while graphs that captured it
+// live; the device's reactor must outlive it. docs/lifetimes.md.
 #pragma once
 
 #include "cobatch/coro/completion_reactor.hpp"
+#include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/fence.hpp"
 
+#include <cstddef>
 #include <memory>
+#include <system_error>
 #include <utility>
 
 namespace cobatch::gpu {
@@ -20,6 +27,12 @@ class event_impl {
   virtual fence current() const = 0;
   virtual coro::completion_reactor& reactor() const noexcept = 0;
   virtual void* native_handle() const noexcept = 0;
+  /// Gives the native event up to the caller and returns it; backends
+  /// without native events (the host backend) refuse.
+  virtual void* release_native_handle() {
+    throw std::system_error(make_error_code(errc::invalid_argument),
+                            "cobatch: event::release(): this backend's events have no native handle to hand over");
+  }
 };
 }  // namespace detail
 
@@ -52,11 +65,13 @@ class event_ref {
   detail::event_impl* impl_;
 };
 
-/// Owning handle to an event; destroying it never throws.
+/// Owning handle to an event: it always owns its backend event (an event
+/// used without owning it is an event_ref); destroying it never throws.
 class event {
  public:
   event() noexcept = default;
   explicit event(std::unique_ptr<detail::event_impl> impl) noexcept : impl_(std::move(impl)) {}
+  event(std::nullptr_t) = delete;
 
   explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
   event_ref ref() const noexcept { return event_ref(*impl_); }
@@ -67,8 +82,17 @@ class event {
   auto async_wait(Token&& token) const {
     return ref().async_wait(std::forward<Token>(token));
   }
-  /// Gives up ownership: the caller becomes responsible for the backend object.
-  std::unique_ptr<detail::event_impl> release() noexcept { return std::move(impl_); }
+  /// Hands the native event back (a cudaEvent_t for the CUDA backend): the
+  /// caller destroys it from now on, and this handle is empty. Fences made
+  /// from it refer to it still. Null for an empty handle; throws
+  /// std::system_error (errc::invalid_argument), leaving the handle as it
+  /// was, for a backend without native events (the host backend).
+  [[nodiscard]] void* release() {
+    if (!impl_) return nullptr;
+    void* native = impl_->release_native_handle();
+    impl_.reset();
+    return native;
+  }
 
  private:
   std::unique_ptr<detail::event_impl> impl_;

@@ -1,12 +1,19 @@
 // stream: an in-order queue of device work. Work on one stream runs in order;
 // work on different streams may overlap unless joined with events.
+//
+// Threads: any thread may enqueue, record, wait or mark while the stream is not
+// capturing; while it captures, only the capturing thread may (others get
+// errc::capture_invalid). Lifetime: destroying a stream waits for its work;
+// the device's reactor must outlive it. docs/lifetimes.md.
 #pragma once
 
 #include "cobatch/gpu/detail/unique_function.hpp"
+#include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/event.hpp"
 #include "cobatch/gpu/fence.hpp"
 #include "cobatch/gpu/graph.hpp"
 
+#include <cstddef>
 #include <memory>
 #include <system_error>
 #include <utility>
@@ -41,6 +48,13 @@ class stream_impl {
   virtual bool capturing() const noexcept = 0;
   virtual coro::completion_reactor& reactor() const noexcept = 0;
   virtual void* native_handle() const noexcept = 0;
+  /// Gives the native stream up to the caller (the backend object no longer
+  /// destroys it) and returns it. Backends whose streams have no native
+  /// object of their own (the host backend) refuse.
+  virtual void* release_native_handle() {
+    throw std::system_error(make_error_code(errc::invalid_argument),
+                            "cobatch: stream::release(): this backend's streams have no native handle to hand over");
+  }
 };
 }  // namespace detail
 
@@ -89,12 +103,14 @@ class stream_ref {
   detail::stream_impl* impl_;
 };
 
-/// Owning handle to a stream. Its destructor waits for enqueued work to
-/// finish (as cudaStreamDestroy lets it finish) and never throws.
+/// Owning handle to a stream: it always owns its backend stream (a stream
+/// used without owning it is a stream_ref). Its destructor waits for the
+/// enqueued work to finish, then destroys the stream, and never throws.
 class stream {
  public:
   stream() noexcept = default;
   explicit stream(std::unique_ptr<detail::stream_impl> impl) noexcept : impl_(std::move(impl)) {}
+  stream(std::nullptr_t) = delete;
 
   explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
   stream_ref ref() const noexcept { return stream_ref(*impl_); }
@@ -110,7 +126,17 @@ class stream {
   auto async_wait(Token&& token) const {
     return ref().async_wait(std::forward<Token>(token));
   }
-  std::unique_ptr<detail::stream_impl> release() noexcept { return std::move(impl_); }
+  /// Hands the native stream back (a cudaStream_t for the CUDA backend):
+  /// the caller destroys it from now on, and this handle is empty. Enqueued
+  /// work is not waited for. Null for an empty handle; throws
+  /// std::system_error (errc::invalid_argument), leaving the handle as it
+  /// was, for a backend without native streams (the host backend).
+  [[nodiscard]] void* release() {
+    if (!impl_) return nullptr;
+    void* native = impl_->release_native_handle();
+    impl_.reset();
+    return native;
+  }
 
  private:
   std::unique_ptr<detail::stream_impl> impl_;

@@ -41,11 +41,16 @@ class timeline;
 class ubatch_scheduler;
 
 namespace detail {
-// A hook given as a plain function runs as a task like any other hook.
+// A hook given as a callable runs as a task like any other hook. The callable
+// is a parameter of this coroutine, so it lives in the frame as long as the
+// task: a coroutine lambda's captures stay where its task reads them.
 template <class F>
 coro::task<void> call_as_task(F f) {
-  f();
-  co_return;
+  if constexpr (std::is_same_v<std::invoke_result_t<F&>, coro::task<void>>) {
+    co_await f();
+  } else {
+    f();
+  }
 }
 }  // namespace detail
 
@@ -122,11 +127,7 @@ class ubatch_context {
   template <class F>
     requires std::invocable<F&>
   void on_next_switch(F hook) {
-    if constexpr (std::is_same_v<std::invoke_result_t<F&>, coro::task<void>>) {
-      step_->add_hook(index_, hook());
-    } else {
-      step_->add_hook(index_, detail::call_as_task(std::move(hook)));
-    }
+    step_->add_hook(index_, detail::call_as_task(std::move(hook)));
   }
 
   /// Names the device span that the next switch closes (the timeline's

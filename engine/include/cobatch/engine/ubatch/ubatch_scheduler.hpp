@@ -21,8 +21,9 @@
 // yet started are not started, parked ones are resumed into the cancellation.
 #pragma once
 
+#include <cobatch/coro/shield.hpp>
 #include <cobatch/coro/task.hpp>
-#include <cobatch/engine/ubatch/detail/ubatch_runner.hpp>
+#include <cobatch/coro/detail/driver.hpp>
 #include <cobatch/engine/ubatch/detail/ubatch_step.hpp>
 #include <cobatch/engine/ubatch/ubatch_context.hpp>
 #include <cobatch/engine/ubatch/ubatch_slicing.hpp>
@@ -30,6 +31,7 @@
 #include <cobatch/gpu/event.hpp>
 #include <cobatch/gpu/stream_pool.hpp>
 
+#include <atomic>
 #include <concepts>
 #include <coroutine>
 #include <cstdint>
@@ -80,6 +82,12 @@ using ubatch_value_t = typename detail::ubatch_task_t<F>::value_type;
 template <class F>
 using ubatch_outputs_t = std::conditional_t<std::is_void_v<ubatch_value_t<F>>, void, std::vector<ubatch_value_t<F>>>;
 
+/// Runs micro-batched steps on a device's streams.
+///
+/// Threads: one step at a time; run() while a step runs (from another
+/// coroutine or thread) throws engine_error(invalid_argument). Lifetime: the
+/// scheduler outlives its steps, its device and pool outlive it; graphs
+/// captured from its streams may outlive it. docs/lifetimes.md.
 class ubatch_scheduler {
  public:
   /// Streams come from `pool` (compute and communication roles, with their
@@ -129,11 +137,13 @@ class ubatch_scheduler {
 
   struct step_guard {
     ubatch_scheduler* self;
-    ~step_guard() { self->running_ = false; }
+    ~step_guard() { self->running_.store(false, std::memory_order_release); }
   };
 
+  // Micro-batch ctx.index()'s driver: it reports to the step (ubatch_step
+  // is its driver_owner) when fn's task returns or throws.
   template <class F, class Out>
-  static detail::ubatch_runner run_one(F& fn, ubatch_context& ctx, Out& out) {
+  static coro::detail::driver run_one(F& fn, ubatch_context& ctx, Out& out) {
     ctx.begin_trace();
     if constexpr (std::is_void_v<ubatch_value_t<F>>) {
       co_await fn(ctx);
@@ -145,20 +155,20 @@ class ubatch_scheduler {
 
   struct step_awaiter {
     detail::ubatch_step& step;
-    std::vector<detail::ubatch_runner>& runners;
+    std::vector<coro::detail::driver>& runners;
     bool await_ready() const noexcept { return false; }
     template <class P>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) {
       asio::any_io_executor ex;
       asio::cancellation_slot slot;
+      coro::detail::chain_root* chain = nullptr;
       if constexpr (coro::detail::has_promise_context<P>) {
         ex = parent.promise().executor();
         slot = parent.promise().cancellation_slot();
+        chain = parent.promise().chain();
       }
-      for (auto& r : runners) {
-        r.handle().promise().set_executor(ex);
-        r.handle().promise().set_cancellation_slot(step.slot());
-      }
+      for (std::size_t i = 0; i < runners.size(); ++i) runners[i].bind(step, i, ex, step.slot(), chain);
+      step.set_chain(chain);
       return step.start(parent, std::move(ex), slot);
     }
     void await_resume() const noexcept {}
@@ -174,7 +184,7 @@ class ubatch_scheduler {
     detail::ubatch_step step(count, trace_);
     std::vector<slot_type> outputs(static_cast<std::size_t>(count));
     std::deque<context_slot> contexts;
-    std::vector<detail::ubatch_runner> runners;
+    std::vector<coro::detail::driver> runners;
     runners.reserve(static_cast<std::size_t>(count));
     std::vector<ubatch> slices;
     if (plan != nullptr) {
@@ -186,14 +196,13 @@ class ubatch_scheduler {
                             comm_done_[i].ref(), plan != nullptr ? &slices[i] : nullptr, trace_,
                             compute_lane(i), comm_lane(i));
       runners.push_back(run_one(fn, contexts.back().ctx, outputs[i]));
-      auto& p = runners.back().handle().promise();
-      p.step = &step;
-      p.index = i;
       step.set_runner(i, runners.back().handle());
     }
     co_await step_awaiter{step, runners};
     if (step.failed()) {
-      co_await drain(count);
+      // Shielded: the step must not complete while its enqueued work can
+      // still touch the caller's buffers, whatever the caller cancels now.
+      co_await coro::shield(drain(count));
       step.rethrow_if_failed();
     }
     join_streams(count);
@@ -215,7 +224,9 @@ class ubatch_scheduler {
   gpu::stream_pool* pool_;
   ubatch_scheduler_options options_;
   timeline* trace_ = nullptr;
-  bool running_ = false;
+  // Taken with an exchange, so that run() from a second thread while a step
+  // runs fails with errc::invalid_argument instead of racing on the events.
+  std::atomic<bool> running_{false};
   std::vector<gpu::event> compute_done_;
   std::vector<gpu::event> comm_done_;
   std::vector<std::string> compute_lanes_;

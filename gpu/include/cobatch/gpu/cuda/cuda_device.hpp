@@ -1,7 +1,10 @@
 // cuda_device: the CUDA backend of gpu::device. Streams with priorities,
 // events from a per-device pool, CUDA graphs through stream capture, and
-// non-owning wraps of streams and events made elsewhere (a framework's
-// current stream, an event from another library).
+// streams and events made elsewhere (a framework's current stream, an event
+// from another library): adopted, as owning handles, or borrowed, as _ref
+// handles. Ownership is the type's: a gpu::stream or gpu::event always owns
+// its CUDA object (release() hands it back), a stream_ref or event_ref never
+// does.
 //
 // stream.enqueue(fn) runs fn as a CUDA host function (cudaLaunchHostFunc) on
 // a thread the driver owns: fn, and the destruction of what it captures, must
@@ -19,6 +22,7 @@
 #include "cobatch/gpu/event.hpp"
 #include "cobatch/gpu/stream.hpp"
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -32,7 +36,8 @@ namespace cobatch::gpu::cuda {
 
 namespace detail {
 struct device_state;
-}
+struct borrowed_handles;
+}  // namespace detail
 
 /// Whether an event records timestamps. Timing costs every record a
 /// timestamp write and makes cudaEventQuery slower, so it is off unless asked.
@@ -68,26 +73,38 @@ class cuda_device final : public device {
   event make_event() override;
   event make_event(event_timing timing);
 
-  /// Wraps `native` without owning it: destroying the returned stream leaves
-  /// the CUDA stream alone. `native` must outlive the wrap.
+  /// Adopts `native`, a stream made elsewhere: the returned stream owns it
+  /// and, like any owning stream, waits for its work and destroys it at the
+  /// end, unless release() hands it back first.
   stream from_native_handle(CUstream_st* native, stream_options options = {});
+  /// Adopts `native`: it is destroyed with the returned event, unless
+  /// release() hands it back.
   event from_native_handle(CUevent_st* native);
+  /// The legacy default stream is no stream to adopt or borrow.
+  stream from_native_handle(std::nullptr_t, stream_options = {}) = delete;
+
+  /// Uses `native` without owning it (a framework's current stream). The
+  /// device keeps what the backend tracks for it (host-side failures, joins,
+  /// collectives' guards), one record per native stream, so every borrow of
+  /// the same stream sees the same failures; `native` must outlive the use
+  /// of the ref, and forget(native) must come before it is destroyed (CUDA
+  /// may hand its address to a new stream).
+  stream_ref borrow(CUstream_st* native, stream_options options = {});
+  /// As above, for an event made elsewhere; the device never destroys it.
+  event_ref borrow(CUevent_st* native);
+  stream_ref borrow(std::nullptr_t, stream_options = {}) = delete;
+  /// Drops what the device keeps for a borrowed stream or event; refs to it
+  /// must no longer be used. A handle never borrowed is ignored.
+  void forget(CUstream_st* native) noexcept;
+  void forget(CUevent_st* native) noexcept;
 
   /// Makes this device current on the calling thread.
   void make_current() const;
 
-  const std::shared_ptr<detail::device_state>& state() const noexcept { return state_; }
-
  private:
   std::shared_ptr<detail::device_state> state_;
+  std::unique_ptr<detail::borrowed_handles> borrowed_;
 };
-
-/// Takes the CUDA stream out of an owning handle made by a cuda_device; the
-/// caller destroys it (cudaStreamDestroy). Throws errc::invalid_argument for a
-/// stream of another backend or one that does not own its CUDA stream.
-CUstream_st* release_native(stream&& s);
-/// As above for events: a pooled event leaves the pool for good.
-CUevent_st* release_native(event&& e);
 
 /// The CUDA stream or event behind a handle of this backend.
 inline CUstream_st* native(stream_ref s) noexcept { return static_cast<CUstream_st*>(s.native_handle()); }

@@ -4,6 +4,7 @@
 // are. Kept free of templates so that the hand-over logic is compiled once.
 #pragma once
 
+#include <cobatch/coro/detail/driver.hpp>
 #include <cobatch/coro/task.hpp>
 #include <cobatch/engine/ubatch/switch_kind.hpp>
 
@@ -12,6 +13,7 @@
 
 #include <chrono>
 #include <coroutine>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <utility>
@@ -23,7 +25,9 @@ class timeline;
 
 namespace detail {
 
-class ubatch_step {
+// The owner of the micro-batches' driver coroutines: a driver that returns
+// finishes its micro-batch, one that throws fails it.
+class ubatch_step final : public coro::detail::driver_owner {
  public:
   ubatch_step(std::int32_t count, timeline* trace);
   ubatch_step(const ubatch_step&) = delete;
@@ -47,11 +51,16 @@ class ubatch_step {
   /// Micro-batch i continues after a switch; throws if the step was cancelled
   /// meanwhile (a sibling failed, or the caller cancelled).
   void resume_from_switch(std::int32_t i);
-  /// Micro-batch i returned or threw (fail() was called first). Returns who
-  /// runs next, or the parent once every micro-batch has finished.
-  std::coroutine_handle<> finish(std::int32_t i) noexcept;
-  /// Records i's failure (the first one wins) and cancels the step.
-  void fail(std::int32_t i, std::exception_ptr error) noexcept;
+  /// Micro-batch i's driver threw: records the failure (the first one wins)
+  /// and cancels the step.
+  void driver_failed(std::size_t i, std::exception_ptr error) noexcept override {
+    fail(static_cast<std::int32_t>(i), std::move(error));
+  }
+  /// Micro-batch i's driver returned (or threw, after driver_failed):
+  /// returns who runs next, or the parent once every micro-batch finished.
+  std::coroutine_handle<> driver_done(std::size_t i) noexcept override {
+    return finish(static_cast<std::int32_t>(i));
+  }
 
   /// Runs `hook` when the micro-batch after `registrant` (the next one still
   /// running) reaches its next switch, or finishes; the registrant itself if
@@ -69,6 +78,9 @@ class ubatch_step {
   bool cancelled() const noexcept { return cancelled_; }
   std::int32_t switches(std::int32_t i) const noexcept { return slots_[i].switches; }
   const asio::any_io_executor& executor() const noexcept { return executor_; }
+  /// The awaiting chain's root, handed to the coroutines the step starts (see
+  /// coro::detail::chain_root).
+  void set_chain(coro::detail::chain_root* chain) noexcept { chain_ = chain; }
   /// The slot the running micro-batch's Asio operations connect to: only one
   /// micro-batch runs at a time, so one signal serves all.
   asio::cancellation_slot slot() noexcept { return signal_.slot(); }
@@ -86,10 +98,25 @@ class ubatch_step {
     std::vector<pending_hook> hooks;
     std::chrono::steady_clock::time_point resumed_at{};
   };
-  class hook_runner;
-  friend class hook_runner;
-  static hook_runner run_hooks(ubatch_step& step, std::int32_t i, std::vector<pending_hook> hooks);
+  // Owns the driver that runs the hooks waiting for micro-batch i's switch,
+  // and hands over as the switch would have once they are done.
+  class hook_owner final : public coro::detail::driver_owner {
+   public:
+    explicit hook_owner(ubatch_step& step) noexcept : step_(&step) {}
+    void driver_failed(std::size_t i, std::exception_ptr error) noexcept override {
+      step_->fail(static_cast<std::int32_t>(i), std::move(error));
+    }
+    std::coroutine_handle<> driver_done(std::size_t i) noexcept override {
+      return step_->next_after(static_cast<std::int32_t>(i));
+    }
 
+   private:
+    ubatch_step* step_;
+  };
+  static coro::detail::driver run_hooks(ubatch_step& step, std::vector<pending_hook> hooks);
+
+  std::coroutine_handle<> finish(std::int32_t i) noexcept;
+  void fail(std::int32_t i, std::exception_ptr error) noexcept;
   /// Runs i's hooks (if any), then hands over to next_after(i).
   std::coroutine_handle<> hand_over(std::int32_t i) noexcept;
   std::coroutine_handle<> next_after(std::int32_t i) noexcept;
@@ -101,6 +128,7 @@ class ubatch_step {
   timeline* trace_;
   std::coroutine_handle<> parent_;
   asio::any_io_executor executor_;
+  coro::detail::chain_root* chain_ = nullptr;
   asio::cancellation_slot parent_slot_;
   asio::cancellation_signal signal_;
   std::exception_ptr error_;
@@ -108,7 +136,10 @@ class ubatch_step {
   std::int32_t failed_switches_ = 0;
   bool cancelled_ = false;
   bool parent_cancelled_ = false;
-  std::int32_t live_ = 0;
+  hook_owner hook_owner_{*this};
+  // The hook driver that ran last: it is finished (or running) whenever a
+  // new one replaces it, as only one coroutine of the step runs at a time.
+  coro::detail::driver hooks_;
 };
 
 }  // namespace detail

@@ -1,0 +1,312 @@
+#include "cobatch/engine/attention/attention_plan.hpp"
+
+#include "attention_check.hpp"
+#include "batch_check.hpp"
+#include "message.hpp"
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <string>
+
+namespace cobatch::engine {
+
+namespace detail {
+
+fault check_attention_config(const kv_cache_config& cache, const attention_config& c, std::string* detail) {
+  if (const fault f = check_kv_cache_config(cache, detail)) return f;
+  if (c.num_qo_heads < 1) {
+    return fail(detail, errc::invalid_argument, "attention_config: num_qo_heads=", c.num_qo_heads, " < 1");
+  }
+  if (c.num_qo_heads % cache.num_kv_heads != 0) {
+    return fail(detail, errc::invalid_argument, "attention_config: num_qo_heads=", c.num_qo_heads,
+                " is not a multiple of num_kv_heads=", cache.num_kv_heads);
+  }
+  if (!std::isfinite(c.softmax_scale) || c.softmax_scale <= 0.0f) {
+    return fail(detail, errc::invalid_argument, "attention_config: softmax_scale=", static_cast<double>(c.softmax_scale),
+                " must be finite and > 0");
+  }
+  if (const fault f = check_dcp(c.dcp, "attention_config", detail)) return f;
+  if (c.merge != dcp_merge::all_gather && c.merge != dcp_merge::lse_all_gather_reduce_scatter) {
+    return fail(detail, errc::unknown_mode, "attention_config: merge=", static_cast<int>(c.merge),
+                " is not a dcp_merge");
+  }
+  if (c.merge == dcp_merge::lse_all_gather_reduce_scatter && c.num_qo_heads % c.dcp.world != 0) {
+    return fail(detail, errc::invalid_argument, "attention_config: num_qo_heads=", c.num_qo_heads,
+                " is not divisible by dcp world=", c.dcp.world, " (the reduce-scatter merge splits heads)");
+  }
+  if (c.kv_chunk_pages < 0) {
+    return fail(detail, errc::invalid_argument, "attention_config: kv_chunk_pages=", c.kv_chunk_pages, " < 0");
+  }
+  if (c.target_work_items < 0) {
+    return fail(detail, errc::invalid_argument, "attention_config: target_work_items=", c.target_work_items, " < 0");
+  }
+  return {};
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::fail;
+using detail::fault;
+
+std::atomic<std::uint64_t> next_plan_id{1};
+
+// Requests with at most this many query rows (decode, speculative decode) may
+// have their KV split into chunks; longer ones get their parallelism from
+// their query rows, and splitting them would multiply the partial rows.
+constexpr std::int32_t max_split_query_len = 8;
+// A chunk shorter than this costs more in merging than it gains.
+constexpr std::int64_t min_chunk_tokens = 256;
+
+constexpr std::size_t align_up(std::size_t n) noexcept { return (n + 255) & ~std::size_t{255}; }
+
+template <class T>
+void grow(std::vector<T>& v, std::size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+struct attention_planner {
+  static fault run(const kv_cache_config& cache, const attention_config& config, const attention_batch& in,
+                   attention_plan& out, std::string* detail) {
+    out.id_ = 0;
+    if (const fault f = detail::check_attention_config(cache, config, detail)) return f;
+    batch_shape shape;
+    if (const fault f = detail::check_batch(in.batch, shape, detail)) return f;
+
+    const std::int32_t reqs = shape.num_reqs;
+    const auto indptr = in.pages.indptr();
+    const auto indices = in.pages.indices();
+    if (indptr.size() != static_cast<std::size_t>(reqs) + 1) {
+      return fail(detail, errc::length_mismatch, "plan_attention: page table indptr has ", indptr.size(),
+                  " entries; the batch has ", reqs, " requests so it needs ", reqs + 1);
+    }
+    if (indptr[0] != 0) {
+      return fail(detail, errc::length_mismatch, "plan_attention: page table indptr[0]=", indptr[0], " must be 0");
+    }
+    const dcp_layout dcp = config.dcp;
+    const std::int32_t ps = cache.page_size;
+    const std::int32_t* seq = in.batch.seq_lens.data();
+    const std::int32_t* loc = in.batch.query_start_loc.data();
+    const std::int32_t* ip = indptr.data();
+
+    grow(out.scratch_, static_cast<std::size_t>(reqs));
+    std::int64_t* local = out.scratch_.data();
+    // Pass 1: shard lengths, page counts, and the KV that can be split.
+    std::int64_t total_local = 0;
+    std::int64_t splittable = 0;
+    for (std::int32_t i = 0; i < reqs; ++i) {
+      const std::int64_t len = dcp.local_length(seq[i]);
+      local[i] = len;
+      total_local += len;
+      const std::int32_t have = ip[i + 1] - ip[i];
+      const std::int64_t need = (len + ps - 1) / ps;
+      if (have != need) {
+        if (ip[i + 1] < ip[i]) {
+          return fail(detail, errc::length_mismatch, "plan_attention: page table indptr[", i + 1, "]=", ip[i + 1],
+                      " is less than indptr[", i, "]=", ip[i]);
+        }
+        return fail(detail, errc::length_mismatch, "plan_attention: request ", i, " has ", have,
+                    " pages; its shard of seq_len=", seq[i], " holds ", len, " tokens on dcp rank ", dcp.rank,
+                    ", which need ", need, " pages of ", ps);
+      }
+      if (loc[i + 1] - loc[i] <= max_split_query_len) splittable += len;
+    }
+    const std::int32_t used = ip[reqs];
+    if (static_cast<std::size_t>(used) > indices.size()) {
+      return fail(detail, errc::length_mismatch, "plan_attention: page table indptr[", reqs, "]=", used,
+                  " runs past its ", indices.size(), " indices");
+    }
+    if (in.pages.checked_num_pages() != cache.num_pages) {
+      const std::int32_t* idx = indices.data();
+      std::int32_t bad = -1;
+      for (std::int32_t k = 0; k < used; ++k) {
+        if (static_cast<std::uint32_t>(idx[k]) >= static_cast<std::uint32_t>(cache.num_pages)) {
+          bad = k;
+          break;
+        }
+      }
+      if (bad >= 0) {
+        std::int32_t r = 0;
+        while (ip[r + 1] <= bad) ++r;
+        return fail(detail, errc::invalid_argument, "plan_attention: request ", r, "'s page ", bad - ip[r], " is ",
+                    idx[bad], ", outside [0, num_pages=", cache.num_pages, ")");
+      }
+    }
+
+    // Chunk size: a whole number of pages.
+    std::int64_t chunk;
+    if (config.kv_chunk_pages > 0) {
+      chunk = static_cast<std::int64_t>(config.kv_chunk_pages) * ps;
+    } else if (config.target_work_items > 0 && splittable > 0) {
+      const std::int64_t per = (splittable + config.target_work_items - 1) / config.target_work_items;
+      chunk = std::max<std::int64_t>(per, min_chunk_tokens);
+      chunk = (chunk + ps - 1) / ps * ps;
+    } else {
+      chunk = std::numeric_limits<std::int32_t>::max() / ps * ps;
+    }
+    chunk = std::min<std::int64_t>(chunk, std::numeric_limits<std::int32_t>::max() / ps * ps);
+
+    // Pass 2: requests, work items, chunk merges, slots.
+    grow(out.requests_, static_cast<std::size_t>(reqs));
+    grow(out.slots_, static_cast<std::size_t>(shape.num_tokens));
+    // An upper bound on work items: one per request plus the extra chunks.
+    std::size_t work_bound = static_cast<std::size_t>(reqs) +
+                             static_cast<std::size_t>(splittable / chunk) + static_cast<std::size_t>(reqs);
+    grow(out.work_, work_bound);
+    grow(out.chunk_items_, static_cast<std::size_t>(reqs));
+    gpu::kernels::attention_request* rq = out.requests_.data();
+    gpu::kernels::attention_work_item* wk = out.work_.data();
+    gpu::kernels::chunk_merge_item* ci = out.chunk_items_.data();
+    std::int32_t* slots = out.slots_.data();
+    std::size_t nw = 0;
+    std::size_t nc = 0;
+    std::int64_t partial_rows = 0;
+    std::int32_t appended = 0;
+    const std::int32_t* idx = indices.data();
+    const std::int64_t stride = static_cast<std::int64_t>(dcp.interleave) * dcp.world;
+    for (std::int32_t i = 0; i < reqs; ++i) {
+      const std::int32_t q0 = loc[i];
+      const std::int32_t ql = loc[i + 1] - q0;
+      const std::int64_t len = local[i];
+      rq[i] = {q0, ql, seq[i], ip[i], static_cast<std::int32_t>(len)};
+      // Slots of this step's tokens: global positions seq - ql .. seq - 1.
+      const std::int32_t* pages = idx + ip[i];
+      for (std::int32_t j = 0; j < ql; ++j) {
+        const std::int64_t p = static_cast<std::int64_t>(seq[i]) - ql + j;
+        const std::int64_t block = p / dcp.interleave;
+        if (dcp.world == 1 || block % dcp.world == dcp.rank) {
+          const std::int64_t l = (p / stride) * dcp.interleave + p % dcp.interleave;
+          slots[q0 + j] = pages[l / ps] * ps + static_cast<std::int32_t>(l % ps);
+          ++appended;
+        } else {
+          slots[q0 + j] = -1;
+        }
+      }
+      if (ql == 0) continue;
+      const std::int64_t n = (ql <= max_split_query_len && len > chunk) ? (len + chunk - 1) / chunk : 1;
+      if (n == 1) {
+        wk[nw++] = {i, 0, static_cast<std::int32_t>(len), -1};
+        continue;
+      }
+      if (nw + static_cast<std::size_t>(n) > out.work_.size()) {
+        out.work_.resize(nw + static_cast<std::size_t>(n) + static_cast<std::size_t>(reqs - i));
+        wk = out.work_.data();
+      }
+      const std::int64_t first = partial_rows;
+      for (std::int64_t c = 0; c < n; ++c) {
+        const std::int64_t b = c * chunk;
+        const std::int64_t e = std::min(len, b + chunk);
+        wk[nw++] = {i, static_cast<std::int32_t>(b), static_cast<std::int32_t>(e),
+                    static_cast<std::int32_t>(first + c * ql)};
+      }
+      partial_rows += n * ql;
+      if (partial_rows > std::numeric_limits<std::int32_t>::max()) {
+        return fail(detail, errc::overflow, "plan_attention: ", partial_rows,
+                    " partial rows exceed int32 row numbers");
+      }
+      ci[nc++] = {q0, ql, static_cast<std::int32_t>(first), static_cast<std::int32_t>(n)};
+    }
+
+    // Sizes.
+    const std::size_t t = static_cast<std::size_t>(shape.num_tokens);
+    const std::size_t h = static_cast<std::size_t>(config.num_qo_heads);
+    const std::size_t d = static_cast<std::size_t>(cache.head_dim);
+    const std::size_t w = static_cast<std::size_t>(dcp.world);
+    const bool rs = dcp.world > 1 && config.merge == dcp_merge::lse_all_gather_reduce_scatter;
+    const std::size_t hw = rs ? h / w : h;
+    attention_workspace_layout lay;
+    std::size_t at = 0;
+    auto take = [&at](std::size_t bytes) {
+      const std::size_t here = at;
+      at += align_up(bytes);
+      return here;
+    };
+    lay.requests = take(static_cast<std::size_t>(reqs) * sizeof(gpu::kernels::attention_request));
+    lay.work = take(nw * sizeof(gpu::kernels::attention_work_item));
+    lay.chunk_items = take(nc * sizeof(gpu::kernels::chunk_merge_item));
+    lay.indices = take(static_cast<std::size_t>(used) * sizeof(std::int32_t));
+    lay.slots = take(t * sizeof(std::int32_t));
+    lay.partial_out = take(static_cast<std::size_t>(partial_rows) * h * d * sizeof(float));
+    lay.partial_lse = take(static_cast<std::size_t>(partial_rows) * h * sizeof(float));
+    if (dcp.world > 1) {
+      lay.local_out = take(t * h * d * sizeof(float));
+      lay.local_lse = take(t * h * sizeof(float));
+      if (!rs) {
+        lay.gather_out = take(w * t * h * d * sizeof(float));
+        lay.gather_lse = take(w * t * h * sizeof(float));
+      } else {
+        lay.gather_lse = take(w * t * h * sizeof(float));
+        lay.scatter_out = take(w * t * hw * d * sizeof(float));
+        lay.reduced_out = take(t * hw * d * sizeof(float));
+      }
+    }
+    lay.total = at;
+
+    std::int64_t dcp_bytes = 0;
+    if (dcp.world > 1) {
+      const auto th = static_cast<std::int64_t>(t * h);
+      const auto wi = static_cast<std::int64_t>(w);
+      if (!rs) {
+        dcp_bytes = (1 + wi) * th * (static_cast<std::int64_t>(d) + 1) * 4;
+      } else {
+        dcp_bytes = (1 + wi) * th * 4 + (wi + 1) * static_cast<std::int64_t>(t * hw * d) * 4;
+      }
+    }
+
+    out.cache_ = cache;
+    out.config_ = config;
+    out.shape_ = shape;
+    out.output_heads_ = static_cast<std::int32_t>(hw);
+    out.local_kv_tokens_ = total_local;
+    out.chunk_tokens_ = static_cast<std::int32_t>(chunk);
+    out.dcp_bytes_ = dcp_bytes;
+    out.appended_tokens_ = appended;
+    out.partial_rows_ = static_cast<std::int32_t>(partial_rows);
+    out.layout_ = lay;
+    out.num_work_ = nw;
+    out.num_chunk_items_ = nc;
+    out.indices_ = indices.first(static_cast<std::size_t>(used));
+    out.id_ = next_plan_id.fetch_add(1, std::memory_order_relaxed);
+    return {};
+  }
+};
+
+void attention_plan::reserve(std::int32_t max_reqs, std::int32_t max_tokens, std::int32_t max_work_items) {
+  grow(requests_, static_cast<std::size_t>(std::max(max_reqs, 0)));
+  grow(scratch_, static_cast<std::size_t>(std::max(max_reqs, 0)));
+  grow(chunk_items_, static_cast<std::size_t>(std::max(max_reqs, 0)));
+  grow(slots_, static_cast<std::size_t>(std::max(max_tokens, 0)));
+  grow(work_, static_cast<std::size_t>(std::max(max_work_items, 0)));
+}
+
+std::size_t attention_plan::output_elements() const noexcept {
+  return static_cast<std::size_t>(shape_.num_tokens) * static_cast<std::size_t>(output_heads_) *
+         static_cast<std::size_t>(cache_.head_dim);
+}
+
+std::size_t attention_plan::lse_elements() const noexcept {
+  return static_cast<std::size_t>(shape_.num_tokens) * static_cast<std::size_t>(output_heads_);
+}
+
+void plan_attention(const kv_cache_config& cache, const attention_config& config, const attention_batch& batch,
+                    attention_plan& out) {
+  std::string text;
+  if (const fault f = attention_planner::run(cache, config, batch, out, &text)) detail::raise(f, text);
+}
+
+void plan_attention(const kv_cache_config& cache, const attention_config& config, const attention_batch& batch,
+                    attention_plan& out, std::error_code& ec) noexcept {
+  ec.clear();
+  if (const fault f = attention_planner::run(cache, config, batch, out, nullptr)) ec = make_error_code(f.code);
+}
+
+void validate_attention_config(const kv_cache_config& cache, const attention_config& config) {
+  std::string text;
+  if (const fault f = detail::check_attention_config(cache, config, &text)) detail::raise(f, text);
+}
+
+}  // namespace cobatch::engine

@@ -1,0 +1,415 @@
+// The CUDA attention kernels: paged attention (decode and prefill, causal,
+// GQA, DCP shards, split KV), the chunk and DCP merges, the reduce-scatter
+// correction, conversions, and the KV gather/scatter of appends and hand-offs.
+// Correct and reasonably fast rather than FlashAttention-level: one warp per
+// (query row, head), lanes over tokens for the scores and over the head
+// dimension for the values, online softmax in f32.
+#include "attention_launch.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace cobatch::gpu::cuda::attention_launch {
+namespace {
+
+using kernels::attention_request;
+using kernels::attention_work_item;
+using kernels::chunk_merge_item;
+
+constexpr int warp = 32;
+constexpr int warps_per_block = 4;
+
+__device__ __forceinline__ float bf16_to_float(std::uint16_t b) { return __uint_as_float(static_cast<unsigned>(b) << 16); }
+__device__ __forceinline__ std::uint16_t float_to_bf16(float f) {
+  const unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+template <class T>
+struct storage;
+template <>
+struct storage<float> {
+  __device__ static float load(const float* p, std::size_t i) { return p[i]; }
+  __device__ static void store(float* p, std::size_t i, float x) { p[i] = x; }
+};
+template <>
+struct storage<std::uint16_t> {  // bf16 bits
+  __device__ static float load(const std::uint16_t* p, std::size_t i) { return bf16_to_float(p[i]); }
+  __device__ static void store(std::uint16_t* p, std::size_t i, float x) { p[i] = float_to_bf16(x); }
+};
+
+__device__ __forceinline__ void store_out(void* out, gpu::data_type t, std::size_t i, float x) {
+  if (t == gpu::data_type::f32) {
+    static_cast<float*>(out)[i] = x;
+  } else {
+    static_cast<std::uint16_t*>(out)[i] = float_to_bf16(x);
+  }
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = warp / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = warp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+__device__ __forceinline__ long long visible_prefix(long long p, int world, int rank, int interleave) {
+  const long long len = p + 1;
+  const long long stride = static_cast<long long>(interleave) * world;
+  const long long full = len / stride;
+  long long rest = len - full * stride - static_cast<long long>(rank) * interleave;
+  rest = rest < 0 ? 0 : (rest > interleave ? interleave : rest);
+  return full * interleave + rest;
+}
+
+__device__ __forceinline__ bool finite(float x) { return isfinite(x); }
+
+// One warp per (query row, query head). D is the head dim (64 or 128): each
+// lane holds D / 32 of the query and of the accumulator.
+template <class T, int D>
+__global__ void paged_attention_kernel(kernels::paged_attention_args a) {
+  constexpr int per_lane = D / warp;
+  const attention_work_item item = a.work[blockIdx.x];
+  const attention_request req = a.requests[item.request];
+  const int j = blockIdx.y;
+  if (j >= req.q_len) return;
+  const int lane = threadIdx.x % warp;
+  const int head = blockIdx.z * warps_per_block + threadIdx.x / warp;
+  if (head >= a.num_qo_heads) return;
+  const T* q = static_cast<const T*>(a.q);
+  const T* pages = static_cast<const T*>(a.kv_pages);
+  const int group = a.num_qo_heads / a.num_kv_heads;
+  const int kvh = head / group;
+  const std::size_t token_stride = static_cast<std::size_t>(a.num_kv_heads) * D;
+  const std::size_t half_page = static_cast<std::size_t>(a.page_size) * token_stride;
+  const std::int32_t* req_pages = a.kv_indices + req.page_begin;
+  const long long p = static_cast<long long>(req.seq_len) - req.q_len + j;
+  const long long visible = visible_prefix(p, a.dcp_world, a.dcp_rank, a.dcp_interleave);
+  const long long end = visible < item.kv_end ? visible : item.kv_end;
+  const long long begin = item.kv_begin;
+  const std::size_t row = static_cast<std::size_t>(req.q_begin + j);
+
+  __shared__ float qs[warps_per_block][D];
+  float* qw = qs[threadIdx.x / warp];
+  for (int e = lane; e < D; e += warp) qw[e] = storage<T>::load(q, (row * a.num_qo_heads + head) * D + e) * a.sm_scale;
+  __syncwarp();
+
+  float m = -INFINITY;
+  float sum = 0.0f;
+  float acc[per_lane];
+  for (int i = 0; i < per_lane; ++i) acc[i] = 0.0f;
+  for (long long base = begin; base < end; base += warp) {
+    // Scores: lane l takes token base + l.
+    const long long t = base + lane;
+    float s = -INFINITY;
+    if (t < end) {
+      const std::size_t page = static_cast<std::size_t>(req_pages[t / a.page_size]);
+      const T* k = pages + page * 2 * half_page + static_cast<std::size_t>(t % a.page_size) * token_stride +
+                   static_cast<std::size_t>(kvh) * D;
+      float dot = 0.0f;
+#pragma unroll 8
+      for (int e = 0; e < D; ++e) dot += qw[e] * storage<T>::load(k, e);
+      s = dot;
+    }
+    const float tile_max = warp_max(s);
+    const float new_m = fmaxf(m, tile_max);
+    const float correction = m == -INFINITY ? 0.0f : __expf(m - new_m);
+    const float w = t < end ? __expf(s - new_m) : 0.0f;
+    sum = sum * correction + warp_sum(w);
+    for (int i = 0; i < per_lane; ++i) acc[i] *= correction;
+    m = new_m;
+    // Values: every lane walks the tile's tokens, lanes over the head dim.
+    const int n = end - base < warp ? static_cast<int>(end - base) : warp;
+    for (int u = 0; u < n; ++u) {
+      const float wu = __shfl_sync(0xffffffffu, w, u);
+      const long long tu = base + u;
+      const std::size_t page = static_cast<std::size_t>(req_pages[tu / a.page_size]);
+      const T* v = pages + page * 2 * half_page + half_page + static_cast<std::size_t>(tu % a.page_size) * token_stride +
+                   static_cast<std::size_t>(kvh) * D;
+      for (int i = 0; i < per_lane; ++i) acc[i] += wu * storage<T>::load(v, lane + i * warp);
+    }
+  }
+  float lse = -INFINITY;
+  if (sum > 0.0f) {
+    const float inv = 1.0f / sum;
+    for (int i = 0; i < per_lane; ++i) acc[i] *= inv;
+    lse = m + logf(sum);
+  }
+  if (item.partial_row < 0) {
+    const std::size_t o = (row * a.num_qo_heads + head) * D;
+    for (int i = 0; i < per_lane; ++i) store_out(a.out, a.out_type, o + lane + i * warp, acc[i]);
+    if (lane == 0 && a.out_lse != nullptr) {
+      a.out_lse[row * a.num_qo_heads + head] = lse == -INFINITY ? lse : lse * a.lse_out_scale;
+    }
+  } else {
+    const std::size_t prow = static_cast<std::size_t>(item.partial_row + j);
+    const std::size_t o = (prow * a.num_qo_heads + head) * D;
+    for (int i = 0; i < per_lane; ++i) a.partial_out[o + lane + i * warp] = acc[i];
+    if (lane == 0) a.partial_lse[prow * a.num_qo_heads + head] = lse;
+  }
+}
+
+// One warp per (row, head) of the merged output; lanes over the head dim.
+// Weights from the finite LSEs only: empty shards add nothing, none gives 0.
+__global__ void chunk_merge_kernel(kernels::chunk_merge_args a) {
+  const chunk_merge_item item = a.items[blockIdx.x];
+  const int j = blockIdx.y;
+  if (j >= item.q_len) return;
+  const int lane = threadIdx.x % warp;
+  const int head = blockIdx.z * warps_per_block + threadIdx.x / warp;
+  if (head >= a.num_heads) return;
+  auto prow = [&](int c) {
+    return static_cast<std::size_t>(item.first_row + c * item.q_len + j) * a.num_heads + head;
+  };
+  float m = -INFINITY;
+  for (int c = 0; c < item.num_chunks; ++c) {
+    const float l = a.partial_lse[prow(c)];
+    if (finite(l)) m = fmaxf(m, l);
+  }
+  float sum = 0.0f;
+  for (int c = 0; c < item.num_chunks; ++c) {
+    const float l = a.partial_lse[prow(c)];
+    if (finite(l)) sum += __expf(l - m);
+  }
+  const std::size_t out_row = static_cast<std::size_t>(item.q_begin + j) * a.num_heads + head;
+  for (int e = lane; e < a.head_dim; e += warp) {
+    float x = 0.0f;
+    if (m != -INFINITY) {
+      for (int c = 0; c < item.num_chunks; ++c) {
+        const float l = a.partial_lse[prow(c)];
+        if (finite(l)) x += __expf(l - m) / sum * a.partial_out[prow(c) * a.head_dim + e];
+      }
+    }
+    store_out(a.out, a.out_type, out_row * a.head_dim + e, x);
+  }
+  if (lane == 0 && a.out_lse != nullptr) a.out_lse[out_row] = m == -INFINITY ? m : (m + logf(sum)) * a.lse_out_scale;
+}
+
+// One warp per row, rows grid-strided; lane i holds shard i's weight.
+__global__ void lse_merge_kernel(kernels::lse_merge_args a) {
+  const int lane = threadIdx.x % warp;
+  const long long warps = static_cast<long long>(gridDim.x) * (blockDim.x / warp);
+  for (long long r = blockIdx.x * static_cast<long long>(blockDim.x / warp) + threadIdx.x / warp; r < a.rows;
+       r += warps) {
+    // Shards beyond 32 are folded in by lanes looping.
+    float m = -INFINITY;
+    for (int i = lane; i < a.num_shards; i += warp) {
+      const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
+      if (finite(l)) m = fmaxf(m, l);
+    }
+    m = warp_max(m);
+    float* out_f32 = a.out_type == gpu::data_type::f32 ? static_cast<float*>(a.out) : nullptr;
+    if (m == -INFINITY) {
+      for (int e = lane; e < a.head_dim; e += warp) store_out(a.out, a.out_type, r * a.head_dim + e, 0.0f);
+      if (lane == 0 && a.out_lse != nullptr) a.out_lse[r] = -INFINITY;
+      continue;
+    }
+    float part = 0.0f;
+    for (int i = lane; i < a.num_shards; i += warp) {
+      const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
+      if (finite(l)) part += __expf(l - m);
+    }
+    const float sum = warp_sum(part);
+    const float inv = 1.0f / sum;
+    for (int e = lane; e < a.head_dim; e += warp) {
+      float x = 0.0f;
+      for (int i = 0; i < a.num_shards; ++i) {
+        const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
+        if (finite(l)) x += __expf(l - m) * inv * a.shard_out[i * a.shard_out_stride + r * a.head_dim + e];
+      }
+      if (out_f32 != nullptr) {
+        out_f32[r * a.head_dim + e] = x;
+      } else {
+        store_out(a.out, a.out_type, r * a.head_dim + e, x);
+      }
+    }
+    if (lane == 0 && a.out_lse != nullptr) a.out_lse[r] = (m + logf(sum)) * a.lse_out_scale;
+  }
+}
+
+__global__ void lse_correct_kernel(kernels::lse_correct_args a) {
+  const long long total = static_cast<long long>(a.num_tokens) * a.num_heads * a.head_dim;
+  const int hw = a.num_heads / a.world;
+  for (long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const int e = static_cast<int>(idx % a.head_dim);
+    const long long th = idx / a.head_dim;
+    const int h = static_cast<int>(th % a.num_heads);
+    const int t = static_cast<int>(th / a.num_heads);
+    float m = -INFINITY;
+    for (int r = 0; r < a.world; ++r) {
+      const float l = a.all_lse[(static_cast<std::size_t>(r) * a.num_tokens + t) * a.num_heads + h];
+      if (finite(l)) m = fmaxf(m, l);
+    }
+    float global = -INFINITY;
+    if (m != -INFINITY) {
+      float sum = 0.0f;
+      for (int r = 0; r < a.world; ++r) {
+        const float l = a.all_lse[(static_cast<std::size_t>(r) * a.num_tokens + t) * a.num_heads + h];
+        if (finite(l)) sum += __expf(l - m);
+      }
+      global = m + logf(sum);
+    }
+    const float local = a.all_lse[(static_cast<std::size_t>(a.rank) * a.num_tokens + t) * a.num_heads + h];
+    const float scale = (finite(local) && global != -INFINITY) ? __expf(local - global) : 0.0f;
+    const int dest = h / hw;
+    const int hh = h % hw;
+    const float x = a.local_out[th * a.head_dim + e];
+    a.scatter_out[((static_cast<std::size_t>(dest) * a.num_tokens + t) * hw + hh) * a.head_dim + e] =
+        scale == 0.0f ? 0.0f : scale * x;
+    if (e == 0 && dest == a.rank && a.out_lse != nullptr) {
+      a.out_lse[static_cast<std::size_t>(t) * hw + hh] = global == -INFINITY ? global : global * a.lse_out_scale;
+    }
+  }
+}
+
+__global__ void convert_kernel(kernels::convert_args a) {
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < a.count;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    store_out(a.dst, a.dst_type, static_cast<std::size_t>(i), a.src[i]);
+  }
+}
+
+// Element copies by slot; T only sets the width (bit copies).
+template <class T>
+__global__ void kv_scatter_kernel(kernels::kv_scatter_args a) {
+  const long long row = static_cast<long long>(a.num_kv_heads) * a.head_dim;
+  const long long total = row * a.num_rows;
+  const long long half_page = static_cast<long long>(a.page_size) * row;
+  for (long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const long long i = idx / row;
+    const long long e = idx % row;
+    const int slot = a.slots[i];
+    if (slot < 0) continue;
+    T* dst = static_cast<T*>(a.kv_pages) + (slot / a.page_size) * 2 * half_page + (slot % a.page_size) * row + e;
+    dst[0] = static_cast<const T*>(a.k)[i * a.row_stride + e];
+    dst[half_page] = static_cast<const T*>(a.v)[i * a.row_stride + e];
+  }
+}
+
+template <class T>
+__global__ void kv_gather_kernel(kernels::kv_gather_args a) {
+  const long long row = static_cast<long long>(a.num_kv_heads) * a.head_dim;
+  const long long total = row * a.num_rows;
+  const long long half_page = static_cast<long long>(a.page_size) * row;
+  for (long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const long long i = idx / row;
+    const long long e = idx % row;
+    const int slot = a.slots[i];
+    if (slot < 0) continue;
+    const T* src = static_cast<const T*>(a.kv_pages) + (slot / a.page_size) * 2 * half_page + (slot % a.page_size) * row + e;
+    static_cast<T*>(a.k)[i * a.row_stride + e] = src[0];
+    static_cast<T*>(a.v)[i * a.row_stride + e] = src[half_page];
+  }
+}
+
+template <class T>
+__global__ void fill_kernel(T* dst, T value, std::size_t count) {
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    dst[i] = value;
+  }
+}
+
+unsigned grid_for(long long n, int block) {
+  long long g = (n + block - 1) / block;
+  if (g > 65535LL * 16) g = 65535LL * 16;  // grid-stride loops cover the rest
+  return static_cast<unsigned>(g < 1 ? 1 : g);
+}
+
+cudaStream_t native(void* s) { return static_cast<cudaStream_t>(s); }
+
+}  // namespace
+
+int paged_attention(const kernels::paged_attention_args& a, void* stream) {
+  if (a.num_work == 0 || a.max_q_len == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(a.num_work), static_cast<unsigned>(a.max_q_len),
+                  static_cast<unsigned>((a.num_qo_heads + warps_per_block - 1) / warps_per_block));
+  const dim3 block(warp * warps_per_block);
+  const bool bf16 = a.storage == gpu::data_type::bf16;
+  if (a.head_dim == 64) {
+    if (bf16) {
+      paged_attention_kernel<std::uint16_t, 64><<<grid, block, 0, native(stream)>>>(a);
+    } else {
+      paged_attention_kernel<float, 64><<<grid, block, 0, native(stream)>>>(a);
+    }
+  } else if (a.head_dim == 128) {
+    if (bf16) {
+      paged_attention_kernel<std::uint16_t, 128><<<grid, block, 0, native(stream)>>>(a);
+    } else {
+      paged_attention_kernel<float, 128><<<grid, block, 0, native(stream)>>>(a);
+    }
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+int chunk_merge(const kernels::chunk_merge_args& a, void* stream) {
+  if (a.num_items == 0 || a.max_q_len == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(a.num_items), static_cast<unsigned>(a.max_q_len),
+                  static_cast<unsigned>((a.num_heads + warps_per_block - 1) / warps_per_block));
+  chunk_merge_kernel<<<grid, warp * warps_per_block, 0, native(stream)>>>(a);
+  return cudaGetLastError();
+}
+
+int lse_merge(const kernels::lse_merge_args& a, void* stream) {
+  if (a.rows == 0) return cudaSuccess;
+  constexpr int block = 256;
+  lse_merge_kernel<<<grid_for(a.rows * warp, block), block, 0, native(stream)>>>(a);
+  return cudaGetLastError();
+}
+
+int lse_correct(const kernels::lse_correct_args& a, void* stream) {
+  const long long n = static_cast<long long>(a.num_tokens) * a.num_heads * a.head_dim;
+  if (n == 0) return cudaSuccess;
+  lse_correct_kernel<<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+  return cudaGetLastError();
+}
+
+int convert(const kernels::convert_args& a, void* stream) {
+  if (a.count == 0) return cudaSuccess;
+  convert_kernel<<<grid_for(a.count, 256), 256, 0, native(stream)>>>(a);
+  return cudaGetLastError();
+}
+
+int kv_scatter(const kernels::kv_scatter_args& a, void* stream) {
+  const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
+  if (n == 0) return cudaSuccess;
+  if (gpu::size_of(a.storage) == 4) {
+    kv_scatter_kernel<std::uint32_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+  } else {
+    kv_scatter_kernel<std::uint16_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+int kv_gather(const kernels::kv_gather_args& a, void* stream) {
+  const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
+  if (n == 0) return cudaSuccess;
+  if (gpu::size_of(a.storage) == 4) {
+    kv_gather_kernel<std::uint32_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+  } else {
+    kv_gather_kernel<std::uint16_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+int fill(void* dst, std::uint64_t pattern, std::size_t pattern_bytes, std::size_t count, void* stream) {
+  const unsigned grid = grid_for(static_cast<long long>(count), 256);
+  switch (pattern_bytes) {
+    case 2: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint16_t*>(dst), static_cast<std::uint16_t>(pattern), count); break;
+    case 4: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint32_t*>(dst), static_cast<std::uint32_t>(pattern), count); break;
+    case 8: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint64_t*>(dst), pattern, count); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace cobatch::gpu::cuda::attention_launch

@@ -1,0 +1,345 @@
+// The host backend's attention kernels: plain loops, f32 accumulation. They
+// are the reference the CUDA kernels are tested against, and what every CPU
+// test runs.
+#include "cobatch/gpu/error.hpp"
+#include "cobatch/gpu/float16.hpp"
+#include "cobatch/gpu/kernels/attention_kernels.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace cobatch::gpu::kernels::host {
+namespace {
+
+constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+
+inline float load(const float* p, std::size_t i) noexcept { return p[i]; }
+inline float load(const bf16* p, std::size_t i) noexcept { return p[i].to_float(); }
+inline float load(const f16* p, std::size_t i) noexcept { return p[i].to_float(); }
+
+// Writes `n` floats as `type`.
+void store_row(void* dst, std::size_t offset, const float* src, std::size_t n, data_type type) {
+  switch (type) {
+    case data_type::f32: std::copy(src, src + n, static_cast<float*>(dst) + offset); return;
+    case data_type::bf16: {
+      auto* out = static_cast<bf16*>(dst) + offset;
+      for (std::size_t i = 0; i < n; ++i) out[i] = bf16::from_float(src[i]);
+      return;
+    }
+    case data_type::f16: {
+      auto* out = static_cast<f16*>(dst) + offset;
+      for (std::size_t i = 0; i < n; ++i) out[i] = f16::from_float(src[i]);
+      return;
+    }
+    default: break;
+  }
+  throw std::system_error(make_error_code(errc::invalid_argument),
+                          std::string("cobatch: attention kernels write f32, bf16 or f16, not ") + name_of(type));
+}
+
+/// Local KV tokens of this rank whose global position is <= p: a prefix of
+/// the local tokens, since local-to-global is increasing.
+inline std::int64_t visible_prefix(std::int64_t p, std::int32_t world, std::int32_t rank,
+                                   std::int32_t interleave) noexcept {
+  const std::int64_t len = p + 1;
+  const std::int64_t stride = static_cast<std::int64_t>(interleave) * world;
+  const std::int64_t full = len / stride;
+  const std::int64_t rest = len - full * stride - static_cast<std::int64_t>(rank) * interleave;
+  return full * interleave + std::clamp<std::int64_t>(rest, 0, interleave);
+}
+
+template <class T>
+void attention_typed(const paged_attention_args& a) {
+  const auto* q = static_cast<const T*>(a.q);
+  const auto* pages = static_cast<const T*>(a.kv_pages);
+  const std::size_t d = static_cast<std::size_t>(a.head_dim);
+  const std::size_t hq = static_cast<std::size_t>(a.num_qo_heads);
+  const std::size_t hkv = static_cast<std::size_t>(a.num_kv_heads);
+  const std::size_t group = hq / hkv;
+  const std::size_t ps = static_cast<std::size_t>(a.page_size);
+  const std::size_t token_stride = hkv * d;             // elements per token row within K (or V)
+  const std::size_t half_page = ps * token_stride;      // K block of a page; V follows
+  const std::size_t page_stride = 2 * half_page;
+
+  thread_local std::vector<float> scores;
+  thread_local std::vector<float> qrow;
+  thread_local std::vector<float> acc;
+  qrow.resize(d);
+  acc.resize(d);
+
+  for (std::int32_t w = 0; w < a.num_work; ++w) {
+    const attention_work_item& item = a.work[w];
+    const attention_request& req = a.requests[item.request];
+    const std::int32_t* req_pages = a.kv_indices + req.page_begin;
+    for (std::int32_t j = 0; j < req.q_len; ++j) {
+      const std::int64_t p = static_cast<std::int64_t>(req.seq_len) - req.q_len + j;
+      const std::int64_t visible = visible_prefix(p, a.dcp_world, a.dcp_rank, a.dcp_interleave);
+      const std::int64_t end = std::min<std::int64_t>(item.kv_end, visible);
+      const std::int64_t begin = item.kv_begin;
+      const std::size_t row = static_cast<std::size_t>(req.q_begin + j);
+      for (std::size_t h = 0; h < hq; ++h) {
+        const std::size_t kvh = h / group;
+        const std::size_t qoff = (row * hq + h) * d;
+        for (std::size_t i = 0; i < d; ++i) qrow[i] = load(q, qoff + i);
+        float lse = neg_inf;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        if (end > begin) {
+          scores.resize(static_cast<std::size_t>(end - begin));
+          float m = neg_inf;
+          for (std::int64_t l = begin; l < end; ++l) {
+            const std::size_t page = static_cast<std::size_t>(req_pages[l / a.page_size]);
+            const std::size_t koff = page * page_stride + static_cast<std::size_t>(l % a.page_size) * token_stride + kvh * d;
+            float s = 0.0f;
+            for (std::size_t i = 0; i < d; ++i) s += qrow[i] * load(pages, koff + i);
+            s *= a.sm_scale;
+            scores[static_cast<std::size_t>(l - begin)] = s;
+            m = std::max(m, s);
+          }
+          float sum = 0.0f;
+          for (std::int64_t l = begin; l < end; ++l) {
+            const float e = std::exp(scores[static_cast<std::size_t>(l - begin)] - m);
+            sum += e;
+            const std::size_t page = static_cast<std::size_t>(req_pages[l / a.page_size]);
+            const std::size_t voff =
+                page * page_stride + half_page + static_cast<std::size_t>(l % a.page_size) * token_stride + kvh * d;
+            for (std::size_t i = 0; i < d; ++i) acc[i] += e * load(pages, voff + i);
+          }
+          const float inv = 1.0f / sum;
+          for (std::size_t i = 0; i < d; ++i) acc[i] *= inv;
+          lse = m + std::log(sum);
+        }
+        if (item.partial_row < 0) {
+          store_row(a.out, (row * hq + h) * d, acc.data(), d, a.out_type);
+          if (a.out_lse != nullptr) a.out_lse[row * hq + h] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
+        } else {
+          const std::size_t prow = static_cast<std::size_t>(item.partial_row + j);
+          std::copy(acc.begin(), acc.end(), a.partial_out + (prow * hq + h) * d);
+          a.partial_lse[prow * hq + h] = lse;
+        }
+      }
+    }
+  }
+}
+
+/// Merges n states of one row: o_i at out_i(i), lse_i natural. Writes the
+/// merged f32 row to `dst` and returns the merged natural LSE.
+template <class OutAt, class LseAt>
+float merge_row(std::int32_t n, std::size_t d, OutAt out_i, LseAt lse_i, float* dst) {
+  float m = neg_inf;
+  for (std::int32_t i = 0; i < n; ++i) {
+    const float l = lse_i(i);
+    if (std::isfinite(l)) m = std::max(m, l);
+  }
+  std::fill(dst, dst + d, 0.0f);
+  if (m == neg_inf) return neg_inf;
+  float sum = 0.0f;
+  for (std::int32_t i = 0; i < n; ++i) {
+    const float l = lse_i(i);
+    if (!std::isfinite(l)) continue;
+    const float w = std::exp(l - m);
+    sum += w;
+    const float* o = out_i(i);
+    for (std::size_t k = 0; k < d; ++k) dst[k] += w * o[k];
+  }
+  const float inv = 1.0f / sum;
+  for (std::size_t k = 0; k < d; ++k) dst[k] *= inv;
+  return m + std::log(sum);
+}
+
+}  // namespace
+
+void paged_attention(const paged_attention_args& a) {
+  switch (a.storage) {
+    case data_type::f32: attention_typed<float>(a); return;
+    case data_type::bf16: attention_typed<bf16>(a); return;
+    case data_type::f16: attention_typed<f16>(a); return;
+    default: break;
+  }
+  throw std::system_error(make_error_code(errc::invalid_argument),
+                          std::string("cobatch: paged attention over ") + name_of(a.storage) + " storage");
+}
+
+void chunk_merge(const chunk_merge_args& a) {
+  const std::size_t d = static_cast<std::size_t>(a.head_dim);
+  const std::size_t h = static_cast<std::size_t>(a.num_heads);
+  thread_local std::vector<float> row;
+  row.resize(d);
+  for (std::int32_t it = 0; it < a.num_items; ++it) {
+    const chunk_merge_item& item = a.items[it];
+    for (std::int32_t j = 0; j < item.q_len; ++j) {
+      for (std::size_t head = 0; head < h; ++head) {
+        auto prow = [&](std::int32_t c) {
+          return static_cast<std::size_t>(item.first_row + c * item.q_len + j) * h + head;
+        };
+        const float lse = merge_row(
+            item.num_chunks, d, [&](std::int32_t c) { return a.partial_out + prow(c) * d; },
+            [&](std::int32_t c) { return a.partial_lse[prow(c)]; }, row.data());
+        const std::size_t out_row = static_cast<std::size_t>(item.q_begin + j) * h + head;
+        store_row(a.out, out_row * d, row.data(), d, a.out_type);
+        if (a.out_lse != nullptr) a.out_lse[out_row] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
+      }
+    }
+  }
+}
+
+void lse_merge(const lse_merge_args& a) {
+  const std::size_t d = static_cast<std::size_t>(a.head_dim);
+  const std::int32_t n = a.num_shards;
+  // Fast path for f32 output with base-e inputs: the row is merged straight
+  // into the destination (this is the loop lse_merge_bw_ratio measures).
+  constexpr int max_stack_shards = 64;
+  float weights[max_stack_shards];
+  thread_local std::vector<float> row;
+  thread_local std::vector<float> heap_weights;
+  row.resize(d);
+  float* wts = weights;
+  if (n > max_stack_shards) {
+    heap_weights.resize(static_cast<std::size_t>(n));
+    wts = heap_weights.data();
+  }
+  for (std::int64_t r = 0; r < a.rows; ++r) {
+    float m = neg_inf;
+    for (std::int32_t i = 0; i < n; ++i) {
+      const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
+      wts[i] = l;
+      if (std::isfinite(l)) m = std::max(m, l);
+    }
+    float* dst = a.out_type == data_type::f32 ? static_cast<float*>(a.out) + static_cast<std::size_t>(r) * d
+                                              : row.data();
+    float lse = neg_inf;
+    if (m == neg_inf) {
+      std::fill(dst, dst + d, 0.0f);
+    } else {
+      float sum = 0.0f;
+      for (std::int32_t i = 0; i < n; ++i) {
+        const float w = std::isfinite(wts[i]) ? std::exp(wts[i] - m) : 0.0f;
+        wts[i] = w;
+        sum += w;
+      }
+      const float inv = 1.0f / sum;
+      // The first contributing shard initialises the row, so it is read and
+      // written once per shard, no zeroing pass.
+      bool first = true;
+      for (std::int32_t i = 0; i < n; ++i) {
+        if (wts[i] == 0.0f) continue;
+        const float w = wts[i] * inv;
+        const float* __restrict o = a.shard_out + i * a.shard_out_stride + r * static_cast<std::int64_t>(d);
+        float* __restrict out = dst;
+        if (first) {
+          for (std::size_t k = 0; k < d; ++k) out[k] = w * o[k];
+          first = false;
+        } else {
+          for (std::size_t k = 0; k < d; ++k) out[k] += w * o[k];
+        }
+      }
+      if (first) std::fill(dst, dst + d, 0.0f);  // every weight underflowed (cannot happen: the max has weight 1)
+      lse = m + std::log(sum);
+    }
+    if (a.out_type != data_type::f32) store_row(a.out, static_cast<std::size_t>(r) * d, dst, d, a.out_type);
+    if (a.out_lse != nullptr) a.out_lse[r] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
+  }
+}
+
+void lse_correct(const lse_correct_args& a) {
+  const std::size_t d = static_cast<std::size_t>(a.head_dim);
+  const std::int32_t hw = a.num_heads / a.world;
+  for (std::int32_t t = 0; t < a.num_tokens; ++t) {
+    for (std::int32_t h = 0; h < a.num_heads; ++h) {
+      float m = neg_inf;
+      for (std::int32_t r = 0; r < a.world; ++r) {
+        const float l = a.all_lse[(static_cast<std::size_t>(r) * a.num_tokens + t) * a.num_heads + h];
+        if (std::isfinite(l)) m = std::max(m, l);
+      }
+      float global = neg_inf;
+      if (m != neg_inf) {
+        float sum = 0.0f;
+        for (std::int32_t r = 0; r < a.world; ++r) {
+          const float l = a.all_lse[(static_cast<std::size_t>(r) * a.num_tokens + t) * a.num_heads + h];
+          if (std::isfinite(l)) sum += std::exp(l - m);
+        }
+        global = m + std::log(sum);
+      }
+      const float local = a.all_lse[(static_cast<std::size_t>(a.rank) * a.num_tokens + t) * a.num_heads + h];
+      const float scale = (std::isfinite(local) && global != neg_inf) ? std::exp(local - global) : 0.0f;
+      const std::int32_t dest = h / hw;
+      const std::int32_t hh = h % hw;
+      const float* src = a.local_out + (static_cast<std::size_t>(t) * a.num_heads + h) * d;
+      float* dst = a.scatter_out + ((static_cast<std::size_t>(dest) * a.num_tokens + t) * hw + hh) * d;
+      if (scale == 0.0f) {
+        std::fill(dst, dst + d, 0.0f);
+      } else {
+        for (std::size_t k = 0; k < d; ++k) dst[k] = scale * src[k];
+      }
+      if (dest == a.rank && a.out_lse != nullptr) {
+        a.out_lse[static_cast<std::size_t>(t) * hw + hh] = global == neg_inf ? neg_inf : global * a.lse_out_scale;
+      }
+    }
+  }
+}
+
+void convert(const convert_args& a) { store_row(a.dst, 0, a.src, static_cast<std::size_t>(a.count), a.dst_type); }
+
+namespace {
+template <class T>
+void scatter_typed(const kv_scatter_args& a) {
+  auto* pages = static_cast<T*>(a.kv_pages);
+  const auto* k = static_cast<const T*>(a.k);
+  const auto* v = static_cast<const T*>(a.v);
+  const std::size_t row = static_cast<std::size_t>(a.num_kv_heads) * a.head_dim;
+  const std::size_t half_page = static_cast<std::size_t>(a.page_size) * row;
+  for (std::int32_t i = 0; i < a.num_rows; ++i) {
+    const std::int32_t slot = a.slots[i];
+    if (slot < 0) continue;
+    const std::size_t page = static_cast<std::size_t>(slot / a.page_size);
+    const std::size_t off = static_cast<std::size_t>(slot % a.page_size);
+    T* kd = pages + page * 2 * half_page + off * row;
+    std::copy(k + i * a.row_stride, k + i * a.row_stride + static_cast<std::int64_t>(row), kd);
+    std::copy(v + i * a.row_stride, v + i * a.row_stride + static_cast<std::int64_t>(row), kd + half_page);
+  }
+}
+template <class T>
+void gather_typed(const kv_gather_args& a) {
+  const auto* pages = static_cast<const T*>(a.kv_pages);
+  auto* k = static_cast<T*>(a.k);
+  auto* v = static_cast<T*>(a.v);
+  const std::size_t row = static_cast<std::size_t>(a.num_kv_heads) * a.head_dim;
+  const std::size_t half_page = static_cast<std::size_t>(a.page_size) * row;
+  for (std::int32_t i = 0; i < a.num_rows; ++i) {
+    const std::int32_t slot = a.slots[i];
+    if (slot < 0) continue;
+    const std::size_t page = static_cast<std::size_t>(slot / a.page_size);
+    const std::size_t off = static_cast<std::size_t>(slot % a.page_size);
+    const T* ks = pages + page * 2 * half_page + off * row;
+    std::copy(ks, ks + row, k + i * a.row_stride);
+    std::copy(ks + half_page, ks + half_page + row, v + i * a.row_stride);
+  }
+}
+[[noreturn]] void bad_storage(const char* what, data_type t) {
+  throw std::system_error(make_error_code(errc::invalid_argument),
+                          std::string("cobatch: ") + what + " over " + name_of(t) + " storage");
+}
+}  // namespace
+
+void kv_scatter(const kv_scatter_args& a) {
+  switch (size_of(a.storage)) {
+    case 4: scatter_typed<std::uint32_t>(a); return;  // bit copies: the type only sets the width
+    case 2: scatter_typed<std::uint16_t>(a); return;
+    default: bad_storage("kv_scatter", a.storage);
+  }
+}
+
+void kv_gather(const kv_gather_args& a) {
+  switch (size_of(a.storage)) {
+    case 4: gather_typed<std::uint32_t>(a); return;
+    case 2: gather_typed<std::uint16_t>(a); return;
+    default: bad_storage("kv_gather", a.storage);
+  }
+}
+
+}  // namespace cobatch::gpu::kernels::host
