@@ -21,9 +21,10 @@ import subprocess
 import sys
 
 REAL_TIME = "real_time"
+CPU_TIME = "cpu_time"
 
 # key in summary.json -> (benchmark name before any "/", field). The field is
-# REAL_TIME or the name of a user counter.
+# REAL_TIME, CPU_TIME or the name of a user counter.
 TABLE = {
     "resume_ns": ("BM_resume_reactor", "median_ns"),
     "resume_ns_p99": ("BM_resume_reactor", "p99_ns"),
@@ -48,6 +49,22 @@ TABLE = {
     "step_gap_ratio": ("BM_step_gap", "gap_ratio"),
     "tuner_regret": ("BM_tuner_regret", "regret"),
 }
+# The completion reactor against the number of pending waits (8 streams), on
+# fences that claim their order and on fences that do not, in the same run.
+for _size in ("10", "1k", "10k"):
+    TABLE[f"reactor_sweep_ns_{_size}"] = (f"BM_reactor_sweep_ordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_sweep_unordered_ns_{_size}"] = (f"BM_reactor_sweep_unordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_completion_ns_{_size}"] = (f"BM_reactor_completion_ordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_completion_unordered_ns_{_size}"] = (f"BM_reactor_completion_unordered_{_size}", REAL_TIME)
+# The same benchmarks in CPU time: they run on one thread and never block, so
+# on an idle machine the two agree; on a shared one the CPU time is the
+# reactor's cost and the real time adds the time the thread waited for a core.
+for _size in ("10k",):
+    TABLE[f"reactor_sweep_cpu_ns_{_size}"] = (f"BM_reactor_sweep_ordered_{_size}", CPU_TIME)
+    TABLE[f"reactor_sweep_unordered_cpu_ns_{_size}"] = (f"BM_reactor_sweep_unordered_{_size}", CPU_TIME)
+    TABLE[f"reactor_completion_cpu_ns_{_size}"] = (f"BM_reactor_completion_ordered_{_size}", CPU_TIME)
+    TABLE[f"reactor_completion_unordered_cpu_ns_{_size}"] = (f"BM_reactor_completion_unordered_{_size}", CPU_TIME)
+TABLE["reactor_completion_cpu_ns_10"] = ("BM_reactor_completion_ordered_10", CPU_TIME)
 
 # ratio key -> (numerator key, denominator key)
 RATIOS = {
@@ -58,6 +75,9 @@ RATIOS = {
     # Host LSE merge throughput (bytes read + written per second) over
     # memcpy's on the same number of bytes, same run, one thread each.
     "lse_merge_bw_ratio": ("lse_merge_gbps", "lse_memcpy_gbps"),
+    # Must stay near 1: a completion costs the same with 10,000 waits pending.
+    "reactor_completion_10k_over_10": ("reactor_completion_ns_10k", "reactor_completion_ns_10"),
+    "reactor_sweep_unordered_over_ordered_10k": ("reactor_sweep_unordered_ns_10k", "reactor_sweep_ns_10k"),
 }
 
 # Overlap sweeps: one benchmark per configuration (N, compute:comm). Each
@@ -97,6 +117,8 @@ TARGETS = {
     "dispatch_ns": ("dispatch_ns", "<=", 50),
     "attn_plan_ns_4096": ("attn_plan_ns_4096", "<=", 20000),
     "lse_merge_bw_ratio": ("lse_merge_bw_ratio", ">=", 0.5),
+    "reactor_sweep_ns_10k": ("reactor_sweep_ns_10k", "<=", 1000),
+    "reactor_completion_10k_over_10": ("reactor_completion_10k_over_10", "<=", 2),
     "step_plan_ns": ("step_plan_ns", "<=", 20000),
     "step_host_overhead_us": ("step_host_overhead_us", "<=", 100),
     "step_gap_us": ("step_gap_us", "<=", 20),
@@ -147,9 +169,9 @@ def aggregate_name(entry):
 
 
 def value_of(entry, field):
-    if field == REAL_TIME:
+    if field in (REAL_TIME, CPU_TIME):
         unit = entry.get("time_unit", "ns")
-        return float(entry["real_time"]) * NS_PER_UNIT[unit]
+        return float(entry[field]) * NS_PER_UNIT[unit]
     value = entry.get(field)
     return None if value is None else float(value)
 
