@@ -9,6 +9,7 @@
 // A failure prints the target, seed and iteration, which reproduce it alone.
 // CI runs it under ASan+UBSan with a fixed seed (tests/fuzz/CMakeLists.txt).
 // A new planner (the attention plan) is one more row in `targets`.
+#include <cobatch/engine/attention/attention_plan.hpp>
 #include <cobatch/engine/batch.hpp>
 #include <cobatch/engine/dispatch/capture_ladder.hpp>
 #include <cobatch/engine/dispatch/dispatch_key.hpp>
@@ -443,6 +444,91 @@ void fuzz_router(rng_t& rng) {
   }
 }
 
+// ----------------------------------------------------- attention plan ---
+
+void fuzz_attention_plan(rng_t& rng) {
+  owned_batch b = valid_batch(rng);
+  kv_cache_config cache;
+  cache.page_size = static_cast<std::int32_t>(std::vector<int>{1, 4, 16}[static_cast<std::size_t>(pick(rng, 0, 2))]);
+  cache.num_kv_heads = static_cast<std::int32_t>(pick(rng, 1, 4));
+  cache.head_dim = chance(rng, 50) ? 64 : 128;
+  cache.storage = chance(rng, 50) ? cobatch::gpu::data_type::f32 : cobatch::gpu::data_type::bf16;
+  attention_config config;
+  config.num_qo_heads = cache.num_kv_heads * static_cast<std::int32_t>(pick(rng, 1, 4));
+  config.softmax_scale = 0.125f;
+  config.dcp.world = static_cast<std::int32_t>(pick(rng, 1, 4));
+  config.dcp.rank = static_cast<std::int32_t>(pick(rng, 0, config.dcp.world - 1));
+  config.dcp.interleave = static_cast<std::int32_t>(pick(rng, 1, 4));
+  config.merge = chance(rng, 50) ? dcp_merge::all_gather : dcp_merge::lse_all_gather_reduce_scatter;
+  if (config.merge == dcp_merge::lse_all_gather_reduce_scatter) config.num_qo_heads *= config.dcp.world;
+  config.kv_chunk_pages = chance(rng, 50) ? 0 : static_cast<std::int32_t>(pick(rng, 1, 8));
+  // This rank's pages: exactly what each shard needs, at random indices.
+  std::vector<std::int32_t> indptr{0}, indices;
+  cache.num_pages = 1;
+  for (std::int32_t seq : b.seq_lens) {
+    const auto n = (config.dcp.local_length(std::max(seq, 0)) + cache.page_size - 1) / cache.page_size;
+    indptr.push_back(indptr.back() + static_cast<std::int32_t>(n));
+  }
+  cache.num_pages = std::max(1, indptr.back() + static_cast<std::int32_t>(pick(rng, 0, 5)));
+  for (std::int32_t k = 0; k < indptr.back(); ++k) indices.push_back(static_cast<std::int32_t>(pick(rng, 0, cache.num_pages - 1)));
+  bool must_fail = false;
+  switch (chance(rng, 15) ? pick(rng, 0, 3) : -1) {
+    case 0: (void)break_batch(rng, b); must_fail = true; break;
+    case 1:
+      if (!indices.empty()) {
+        indices[static_cast<std::size_t>(pick(rng, 0, static_cast<std::int64_t>(indices.size()) - 1))] =
+            chance(rng, 50) ? cache.num_pages : -1;
+        must_fail = true;
+      }
+      break;
+    case 2: indptr.back() += 1; indices.push_back(0); must_fail = true; break;  // one page too many
+    case 3: config.num_qo_heads = cache.num_kv_heads * 3 + (cache.num_kv_heads > 1 ? 1 : 0); must_fail = cache.num_kv_heads > 1; break;
+    default: break;
+  }
+  const attention_batch batch{b.view(), page_table_view(indptr, indices)};
+  attention_plan plan;
+  const std::error_code thrown = typed_outcome([&] { plan_attention(cache, config, batch, plan); });
+  attention_plan quiet;
+  std::error_code ec;
+  plan_attention(cache, config, batch, quiet, ec);
+  FUZZ_CHECK(ec == thrown, "error_code form " << ec.message() << " vs throwing form " << thrown.message());
+  if (must_fail) FUZZ_CHECK(thrown, "a broken attention batch was planned");
+  if (thrown) {
+    FUZZ_CHECK(!plan.planned() && !quiet.planned(), "a failed plan looks planned");
+    return;
+  }
+  FUZZ_CHECK(plan.planned() && plan.num_tokens() == b.num_tokens, plan.num_tokens());
+  // Every request's shard is covered by its work items exactly once, in order.
+  const auto reqs = plan.requests();
+  std::int32_t appended = 0;
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    const auto& r = reqs[i];
+    FUZZ_CHECK(r.kv_len == config.dcp.local_length(b.seq_lens[i]), "request " << i << " kv_len " << r.kv_len);
+    FUZZ_CHECK(r.page_begin == indptr[i], "request " << i);
+    for (std::int32_t j = 0; j < r.q_len; ++j) {
+      if (config.dcp.owner(static_cast<std::int64_t>(r.seq_len) - r.q_len + j) == config.dcp.rank) ++appended;
+    }
+  }
+  FUZZ_CHECK(appended == plan.appended_tokens(), appended << " vs " << plan.appended_tokens());
+  if (plan.work_is_identity()) {
+    FUZZ_CHECK(plan.num_work_items() == plan.num_reqs() && plan.chunk_items().empty(), "identity work");
+    return;
+  }
+  std::vector<std::int64_t> covered(reqs.size(), 0);
+  std::int64_t rows = 0;
+  for (const auto& w : plan.work()) {
+    const auto i = static_cast<std::size_t>(w.request);
+    FUZZ_CHECK(w.kv_begin == covered[i] && w.kv_end >= w.kv_begin, "request " << i << " chunk at " << w.kv_begin);
+    FUZZ_CHECK(w.kv_end - w.kv_begin <= plan.kv_chunk_tokens() || w.partial_row < 0, "chunk longer than the plan's");
+    covered[i] = w.kv_end;
+    if (w.partial_row >= 0) rows = std::max<std::int64_t>(rows, w.partial_row + reqs[i].q_len);
+  }
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    if (reqs[i].q_len > 0) FUZZ_CHECK(covered[i] == reqs[i].kv_len, "request " << i << " covered " << covered[i]);
+  }
+  FUZZ_CHECK(rows == plan.partial_rows(), rows << " vs " << plan.partial_rows());
+}
+
 // -------------------------------------------------------------- driver ---
 
 struct target {
@@ -456,6 +542,7 @@ constexpr target targets[] = {
     {"sizing", fuzz_sizing},
     {"dispatch_keys", fuzz_dispatch_keys},
     {"router", fuzz_router},
+    {"attention_plan", fuzz_attention_plan},
 };
 
 }  // namespace

@@ -216,6 +216,61 @@ fault slice(const batch_view& b, const slice_request& r, const slice_policy& p, 
   return {};
 }
 
+fault from_ranges(const batch_view& b, std::span<const ubatch_range> ranges, std::int32_t padded,
+                  ubatch_plan& plan, std::string* detail) {
+  batch_shape shape;
+  if (const fault f = check_batch(b, shape, detail)) return f;
+  const auto n = static_cast<std::int32_t>(ranges.size());
+  if (n == 0) return fail(detail, errc::empty_batch, "no ranges");
+  if (padded < shape.num_tokens) {
+    return fail(detail, errc::invalid_argument, "padded_tokens=", padded,
+                " is less than num_tokens=", shape.num_tokens);
+  }
+  std::vector<std::int64_t> cuts(static_cast<std::size_t>(n));
+  std::int32_t expect = 0;
+  for (std::int32_t k = 0; k < n; ++k) {
+    const ubatch_range& r = ranges[static_cast<std::size_t>(k)];
+    if (r.token_begin != expect) {
+      return fail(detail, errc::invalid_argument, "range ", k, " begins at token ",
+                  r.token_begin, "; it must begin at ", expect,
+                  k == 0 ? " (the batch's first token)" : " (where the previous range ends)");
+    }
+    if (r.token_end <= r.token_begin) {
+      return fail(detail, errc::invalid_argument, "range ", k, " [", r.token_begin, ", ",
+                  r.token_end, ") has no real tokens");
+    }
+    if (r.token_end > shape.num_tokens) {
+      return fail(detail, errc::invalid_argument, "range ", k, " ends at token ", r.token_end,
+                  ", past the batch's ", shape.num_tokens, " tokens");
+    }
+    cuts[static_cast<std::size_t>(k)] = r.token_begin;
+    expect = r.token_end;
+  }
+  if (expect != shape.num_tokens) {
+    return fail(detail, errc::invalid_argument, "the ranges end at token ", expect,
+                "; the batch has ", shape.num_tokens);
+  }
+  plan_builder::build(plan, b, cuts, padded, 0);  // the given request ranges are the real ones: no padding requests
+  for (std::int32_t k = 0; k < n; ++k) {
+    const ubatch_range& r = ranges[static_cast<std::size_t>(k)];
+    const ubatch built = plan[k];
+    if (r.req_begin != built.req_begin || r.req_end != built.req_end) {
+      return fail(detail, errc::length_mismatch, "range ", k, " gives requests [", r.req_begin,
+                  ", ", r.req_end, ") but tokens [", r.token_begin, ", ", r.token_end, ") hold requests [",
+                  built.req_begin, ", ", built.req_end, ")");
+    }
+  }
+  bool aligned = true;
+  for (std::int32_t k = 1; k < n; ++k) {
+    const auto cut = static_cast<std::int32_t>(cuts[static_cast<std::size_t>(k)]);
+    aligned = aligned && std::binary_search(b.query_start_loc.begin(), b.query_start_loc.end(), cut);
+  }
+  const split_mode used = aligned ? split_mode::request_aligned : split_mode::token_balanced;
+  plan_builder::set(plan, n > 1 ? split_outcome::split : split_outcome::single_requested, used, used,
+                    shape.num_tokens, padded);
+  return {};
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -262,6 +317,23 @@ void slice_batch(const batch_view& batch, const slice_request& request, const sl
 void slice_batch(const batch_view& batch, const slice_request& request, const slice_policy& policy,
                  ubatch_plan& plan, std::error_code& ec) {
   const detail::fault f = detail::slice(batch, request, policy, plan, nullptr);
+  if (f) detail::plan_builder::clear(plan);
+  ec = f ? make_error_code(f.code) : std::error_code{};
+}
+
+ubatch_plan plan_from_ranges(const batch_view& batch, std::span<const ubatch_range> ranges,
+                             std::int32_t padded_tokens) {
+  ubatch_plan plan;
+  std::string text;
+  if (const detail::fault f = detail::from_ranges(batch, ranges, padded_tokens, plan, &text)) {
+    detail::raise(f, "plan_from_ranges", text);
+  }
+  return plan;
+}
+
+void plan_from_ranges(const batch_view& batch, std::span<const ubatch_range> ranges, std::int32_t padded_tokens,
+                      ubatch_plan& plan, std::error_code& ec) {
+  const detail::fault f = detail::from_ranges(batch, ranges, padded_tokens, plan, nullptr);
   if (f) detail::plan_builder::clear(plan);
   ec = f ? make_error_code(f.code) : std::error_code{};
 }

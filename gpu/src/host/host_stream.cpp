@@ -57,8 +57,8 @@ void host_stream::record(detail::event_impl& e) {
     return;
   }
   auto f = std::make_shared<host_fence>();
-  ev.set(f);
-  push(run_signal{std::move(f)});
+  push_marker(f);
+  ev.set(std::move(f));
 }
 
 void host_stream::wait(const detail::event_impl& e) {
@@ -89,7 +89,7 @@ fence host_stream::mark() {
                             "cobatch: cannot wait for a stream while it is being captured");
   }
   auto f = std::make_shared<host_fence>();
-  push(run_signal{f});
+  push_marker(f);
   return fence(std::move(f));
 }
 
@@ -120,6 +120,21 @@ graph host_stream::end_capture() {
   std::erase(live_sessions(), session.get());
   session->check_joined();
   return graph(std::make_unique<host_graph>(session->take(), *reactor_));
+}
+
+// The worker signals markers in queue order and a failure is sticky, so no
+// later marker leaves pending before an earlier one: markers may claim their
+// place (coro::fence_order). The position is taken under the lock that queues
+// the marker, so it is the queue's order even with several recording threads.
+void host_stream::push_marker(const std::shared_ptr<host_fence>& f) {
+  bool wake = false;
+  {
+    std::lock_guard lock(mutex_);
+    f->set_order({order_stream_, ++positions_});
+    queue_.push_back(run_signal{f});
+    wake = worker_waiting_;
+  }
+  if (wake) cv_.notify_one();
 }
 
 void host_stream::push(stream_op op) {

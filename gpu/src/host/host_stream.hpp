@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -60,6 +61,8 @@ class host_stream final : public detail::stream_impl {
   void* native_handle() const noexcept override { return const_cast<host_stream*>(this); }
 
   void push(stream_op op);
+  /// Queues the signal of a marker and gives it its place on the stream.
+  void push_marker(const std::shared_ptr<host_fence>& f);
 
  private:
   static std::vector<capture_session*>& live_sessions();
@@ -88,6 +91,8 @@ class host_stream final : public detail::stream_impl {
   std::condition_variable cv_;
   std::deque<stream_op> queue_;
   bool worker_waiting_ = false;  // guarded by mutex_
+  const std::uint64_t order_stream_ = coro::new_order_stream();
+  std::uint64_t positions_ = 0;  // guarded by mutex_
   std::error_code error_;
   // The capture this stream is in, or null; read from any thread, so that an
   // operation from another thread while a capture records can be refused.

@@ -2,9 +2,14 @@
 // on its executor".
 //
 // The shape HPX and pika use for CUDA events: waits arrive from any thread
-// through a lock-free queue; one poller at a time (try_lock) queries every
-// pending fence; completions are posted to the waiting handler's associated
-// executor, never run on the poller's thread. The poller is either a run_loop
+// through a lock-free queue; one poller at a time (try_lock) queries the
+// pending fences; completions are posted to the waiting handler's associated
+// executor, never run on the poller's thread. Unlike HPX and pika it does not
+// query every pending fence on every sweep: waits on fences that state their
+// place on a stream (fence_order) are kept in order per stream and only the
+// oldest pending one of each stream is queried, so a sweep costs
+// O(streams with pending waits), not O(waits); fences without an order are
+// queried every sweep (docs/completion_reactor.md). The poller is either a run_loop
 // that has the reactor attached (it polls whenever it has nothing else to do)
 // or the reactor's own thread (start_thread), with the same adaptive backoff:
 // spin, then yield, then growing sleeps, and no CPU at all when nothing is
@@ -21,6 +26,7 @@
 
 #include "cobatch/coro/backoff.hpp"
 #include "cobatch/coro/detail/idle_waiter.hpp"
+#include "cobatch/coro/fence_order.hpp"
 #include "cobatch/coro/fence_status.hpp"
 
 #include <asio/any_io_executor.hpp>
@@ -62,15 +68,34 @@ class reactor_op {
   /// After complete() returns, the op's cancellation handler no longer
   /// touches the reactor, which may then be destroyed.
   virtual void complete(std::error_code ec) = 0;
-  /// Frees an op that will never complete (its execution context is being
-  /// destroyed): its handler is destroyed without being invoked.
+  /// Frees the op: its handler, if still there, is destroyed without being
+  /// invoked. Called through release() for the op's last reference.
   virtual void discard() noexcept = 0;
   /// The execution context the completion would be delivered to.
   virtual const asio::execution_context* target() const noexcept = 0;
 
+  /// Drops one reference. The first belongs to whoever will complete or
+  /// drop the op; a cancellation of an ordered wait on its way to the poller
+  /// holds a second, so that the poller never reads an op already freed.
+  void release() noexcept {
+    if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) discard();
+  }
+
   /// Set by the cancellation handler on the handler's executor; read by the
   /// poller, which then completes the op with operation_aborted.
   std::atomic<bool> cancel_requested{false};
+  std::atomic<int> refs{1};
+
+  /// Where the fence stands on its stream; set before submission, constant
+  /// afterwards (read by the cancellation handler too).
+  fence_order order{};
+
+  // Poller-owned: the op's neighbours in its stream's queue (ordered waits),
+  // whether it is in that queue, and whether complete() was called.
+  reactor_op* prev = nullptr;
+  reactor_op* next = nullptr;
+  bool queued = false;
+  bool delivered = false;
 
  protected:
   ~reactor_op() = default;
@@ -107,6 +132,11 @@ class completion_reactor {
 
   /// Waits, without blocking any thread, until `fence` is no longer pending.
   ///
+  /// A fence that models ordered_fence and claims an order is queried only
+  /// once every wait on an earlier position of its stream has been delivered
+  /// (its completion is never earlier than theirs anyway); other fences are
+  /// queried on every sweep.
+  ///
   /// Completion signature: `void(std::error_code)`. The error is empty when
   /// the fence became ready, the fence's own error when it failed, and
   /// asio::error::operation_aborted when the wait was cancelled or the reactor
@@ -122,8 +152,10 @@ class completion_reactor {
         std::move(fence));
   }
 
-  /// Queries every pending fence once and delivers the completions. Returns
-  /// the number delivered, or 0 at once if another thread is polling.
+  /// One sweep: queries the oldest pending wait of each stream (and the next
+  /// ones while they are done), every unordered pending fence, and delivers
+  /// the completions and cancellations. Returns the number delivered, or 0 at
+  /// once if another thread is polling.
   std::size_t poll();
 
   /// Tells a sleeping poller that something may have completed. Cheap when no
@@ -160,6 +192,9 @@ class completion_reactor {
   template <typename Fence, typename Handler>
   void submit_wait(Fence fence, Handler handler);
   void submit(detail::reactor_op* op);
+  /// From a cancellation handler: hands an ordered op to the poller, which
+  /// takes it out of the middle of its stream's queue. Takes a reference.
+  void cancelled(detail::reactor_op* op);
 
   /// Who sleeps while waiting for this reactor (the attached run_loop, or the
   /// reactor's own thread); kick() wakes it.
@@ -172,7 +207,7 @@ class completion_reactor {
   std::atomic<std::size_t> pending_{0};
   std::atomic<bool> shut_down_{false};
   std::atomic<bool> polling_{false};
-  std::vector<detail::reactor_op*> waiting_;  // only the poller touches it
+  std::vector<detail::reactor_op*> waiting_;  // unordered waits; only the poller touches it
   std::atomic<detail::idle_waiter*> sleeper_{nullptr};
   run_loop* attached_ = nullptr;  // the loop this reactor is attached to, which the destructor detaches
   detail::idle_waiter own_sleeper_;
@@ -203,6 +238,7 @@ class completion_reactor::wait_op final : public detail::reactor_op {
     disarm();
     delete this;
   }
+  // (discard() runs for the last reference: see reactor_op::release.)
 
   const asio::execution_context* target() const noexcept override {
     return &static_cast<const asio::execution_context&>(asio::query(work_, asio::execution::context));
@@ -222,7 +258,12 @@ class completion_reactor::wait_op final : public detail::reactor_op {
   void finish(std::error_code ec) {
     disarm();
     Handler handler(std::move(handler_));
-    delete this;
+    {
+      // The work is over now, even if a cancellation still on its way to the
+      // poller keeps the op's memory a little longer.
+      work_type done(std::move(work_));
+    }
+    release();
     std::move(handler)(ec);
   }
 
@@ -237,7 +278,7 @@ class completion_reactor::wait_op final : public detail::reactor_op {
     delivery(delivery&& other) noexcept : op(std::exchange(other.op, nullptr)), ec(other.ec) {}
     delivery& operator=(delivery&&) = delete;
     ~delivery() {
-      if (op != nullptr) op->discard();
+      if (op != nullptr) op->release();
     }
     void operator()() { std::exchange(op, nullptr)->finish(ec); }
   };
@@ -255,9 +296,12 @@ class completion_reactor::wait_op final : public detail::reactor_op {
       constexpr auto accepted = asio::cancellation_type::terminal | asio::cancellation_type::partial |
                                 asio::cancellation_type::total;
       if ((type & accepted) == asio::cancellation_type::none) return;
-      op->cancel_requested.store(true, std::memory_order_release);
+      if (op->cancel_requested.exchange(true, std::memory_order_acq_rel)) return;
       int expected = kick_idle;
       if (op->kick_state_.compare_exchange_strong(expected, kick_running, std::memory_order_acq_rel)) {
+        // An unordered op is looked at on every sweep; an ordered one may
+        // sit behind older pending waits of its stream, so it is handed over.
+        if (op->order.claimed()) op->reactor_->cancelled(op);
         op->reactor_->kick();
         op->kick_state_.store(kick_idle, std::memory_order_release);
       }
@@ -293,7 +337,10 @@ class completion_reactor::wait_op final : public detail::reactor_op {
 
 template <typename Fence, typename Handler>
 void completion_reactor::submit_wait(Fence fence, Handler handler) {
+  fence_order order{};
+  if constexpr (ordered_fence<Fence>) order = fence.order();
   auto* op = new wait_op<Fence, Handler>(*this, std::move(fence), std::move(handler));
+  op->order = order;
   op->arm_cancellation();
   submit(op);
 }

@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -54,10 +55,27 @@ enum class stream_assignment : std::uint8_t {
   /// Micro-batch i uses compute stream i and comm stream i (modulo the pool):
   /// their compute may also run concurrently on the device.
   per_ubatch,
+  /// Each micro-batch, in turn order, gets the least-loaded stream of each
+  /// role (gpu::stream_pool::least_loaded), counting what the micro-batches
+  /// before it in this step were given; when the step returns, each stream it
+  /// used is charged the step's tokens there (the plan's padded tokens per
+  /// micro-batch, 1 without a plan) until the work enqueued so far on it is
+  /// done. Work of other schedulers or steps sharing the pool steers it too.
+  least_loaded,
 };
 
 struct ubatch_scheduler_options {
   stream_assignment streams = stream_assignment::shared;
+};
+
+/// Per-step options of run().
+struct ubatch_run_options {
+  /// The order in which micro-batches take turns: a permutation of
+  /// 0 .. count-1 (empty: 0, 1, ..., count-1). Turn order is also the order in
+  /// which their work reaches a shared stream, so putting decode micro-batches
+  /// first (ubatch_order.hpp: decode_first_order) lets their short kernels run
+  /// ahead of long prefill ones. Outputs stay in micro-batch order.
+  std::span<const std::int32_t> turn_order{};
 };
 
 namespace detail {
@@ -102,6 +120,8 @@ class ubatch_scheduler {
   void set_timeline(timeline* trace) noexcept { trace_ = trace; }
   timeline* trace() const noexcept { return trace_; }
 
+  /// The streams of micro-batch `ubatch` (with least_loaded: in the step
+  /// running now, or the last one).
   gpu::stream_ref compute_stream(std::int32_t ubatch) const noexcept;
   gpu::stream_ref comm_stream(std::int32_t ubatch) const noexcept;
 
@@ -111,19 +131,20 @@ class ubatch_scheduler {
   /// later work on the compute streams, so awaiting the compute streams
   /// awaits the whole step.
   ///
-  /// Throws engine_error (errc::invalid_argument) for count < 1 or while
-  /// another step of this scheduler runs; ubatch_error when a
+  /// Throws engine_error (errc::invalid_argument) for count < 1, while
+  /// another step of this scheduler runs, or for a turn order that is not a
+  /// permutation of the micro-batches; ubatch_error when a
   /// micro-batch failed; std::system_error (operation_aborted) when the
   /// awaiting coroutine's cancellation slot fired (terminal, partial, total).
   template <ubatch_function F>
-  coro::task<ubatch_outputs_t<F>> run(std::int32_t count, F fn) {
-    return run_impl<F>(count, nullptr, std::move(fn));
+  coro::task<ubatch_outputs_t<F>> run(std::int32_t count, F fn, ubatch_run_options options = {}) {
+    return run_impl<F>(count, nullptr, std::move(fn), options);
   }
   /// As above with one micro-batch per entry of `plan`; ctx.slice() is the
-  /// micro-batch's slice. `plan` must outlive the step.
+  /// micro-batch's slice. `plan` (and options.turn_order) must outlive the step.
   template <ubatch_function F>
-  coro::task<ubatch_outputs_t<F>> run(const ubatch_plan& plan, F fn) {
-    return run_impl<F>(plan.size(), &plan, std::move(fn));
+  coro::task<ubatch_outputs_t<F>> run(const ubatch_plan& plan, F fn, ubatch_run_options options = {}) {
+    return run_impl<F>(plan.size(), &plan, std::move(fn), options);
   }
 
  private:
@@ -175,13 +196,15 @@ class ubatch_scheduler {
   };
 
   template <class F>
-  coro::task<ubatch_outputs_t<F>> run_impl(std::int32_t count, const ubatch_plan* plan, F fn) {
+  coro::task<ubatch_outputs_t<F>> run_impl(std::int32_t count, const ubatch_plan* plan, F fn,
+                                           ubatch_run_options options) {
     using value_type = ubatch_value_t<F>;
     using slot_type = std::conditional_t<std::is_void_v<value_type>, std::optional<std::monostate>,
                                          std::optional<value_type>>;
-    begin_step(count);
+    begin_step(count, plan, options);
     step_guard guard{this};
     detail::ubatch_step step(count, trace_);
+    if (!options.turn_order.empty()) step.set_order(order_);
     std::vector<slot_type> outputs(static_cast<std::size_t>(count));
     std::deque<context_slot> contexts;
     std::vector<coro::detail::driver> runners;
@@ -214,7 +237,9 @@ class ubatch_scheduler {
     }
   }
 
-  void begin_step(std::int32_t count);
+  void begin_step(std::int32_t count, const ubatch_plan* plan, const ubatch_run_options& options);
+  void assign_least_loaded(std::int32_t count, const ubatch_plan* plan);
+  std::size_t stream_slot(gpu::stream_role role, std::int32_t ubatch) const noexcept;
   void join_streams(std::int32_t count);
   coro::task<void> drain(std::int32_t count);
   const std::string& compute_lane(std::int32_t i) const noexcept;
@@ -231,6 +256,11 @@ class ubatch_scheduler {
   std::vector<gpu::event> comm_done_;
   std::vector<std::string> compute_lanes_;
   std::vector<std::string> comm_lanes_;
+  std::vector<std::int32_t> order_;
+  // least_loaded: this step's stream index per micro-batch, and its weight.
+  std::vector<std::size_t> compute_assigned_;
+  std::vector<std::size_t> comm_assigned_;
+  std::vector<std::uint64_t> weights_;
 };
 
 }  // namespace cobatch::engine

@@ -178,6 +178,39 @@ void slice_batch(const batch_view& batch, const slice_request& request, const sl
 void slice_batch(const batch_view& batch, const slice_request& request, const slice_policy& policy,
                  ubatch_plan& plan, std::error_code& ec);
 
+/// A micro-batch given by hand: tokens [token_begin, token_end) and the
+/// requests [req_begin, req_end) that have tokens there (the seed's
+/// UBatchSlice.from_range).
+struct ubatch_range {
+  std::int32_t token_begin = 0;
+  std::int32_t token_end = 0;
+  std::int32_t req_begin = 0;
+  std::int32_t req_end = 0;
+};
+
+/// A plan whose cuts are given rather than chosen: for a caller that places
+/// cuts itself (to match another rank's split, or a layout it owns). The
+/// result is a plan like slice_batch's, with each micro-batch's metadata
+/// built the same way (a straddling request appears in both micro-batches),
+/// and the last micro-batch padded to `padded_tokens`. outcome() is split for
+/// more than one range, single_requested for one; mode() is request_aligned
+/// when every cut falls between requests, token_balanced otherwise.
+///
+/// Checked as planned slices are, before anything is built; engine_error:
+/// - errc::empty_batch: no ranges;
+/// - errc::invalid_argument: ranges that do not start at token 0, leave a gap
+///   or overlap, end before the batch's last token or past it, or a range
+///   without real tokens; padded_tokens < num_tokens;
+/// - errc::length_mismatch: a request range that is not the one the token
+///   range holds (naming both);
+/// - any error of validate_batch.
+ubatch_plan plan_from_ranges(const batch_view& batch, std::span<const ubatch_range> ranges,
+                             std::int32_t padded_tokens);
+/// As above, into `plan` (reusing its storage), reporting failure through
+/// `ec` and leaving `plan` empty. Only allocation failure still throws.
+void plan_from_ranges(const batch_view& batch, std::span<const ubatch_range> ranges, std::int32_t padded_tokens,
+                      ubatch_plan& plan, std::error_code& ec);
+
 /// Which of a micro-batch's token rows a view should cover.
 enum class token_extent : std::uint8_t {
   real,    ///< [token_begin, token_end): rows that hold real tokens

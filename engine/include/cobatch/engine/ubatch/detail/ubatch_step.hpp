@@ -36,6 +36,10 @@ class ubatch_step final : public coro::detail::driver_owner {
 
   std::int32_t count() const noexcept { return static_cast<std::int32_t>(slots_.size()); }
 
+  /// The order in which micro-batches take turns: a permutation of
+  /// 0 .. count-1 (0, 1, ... by default), validated by the scheduler.
+  void set_order(const std::vector<std::int32_t>& order);
+
   /// Micro-batch i's coroutine, suspended before its first statement.
   void set_runner(std::int32_t i, std::coroutine_handle<> h) noexcept { slots_[i].handle = h; }
 
@@ -120,11 +124,16 @@ class ubatch_step final : public coro::detail::driver_owner {
   /// Runs i's hooks (if any), then hands over to next_after(i).
   std::coroutine_handle<> hand_over(std::int32_t i) noexcept;
   std::coroutine_handle<> next_after(std::int32_t i) noexcept;
+  /// The micro-batch k turns after i.
+  std::int32_t turn_after(std::int32_t i, std::int32_t k) const noexcept;
   std::coroutine_handle<> resume_slot(std::int32_t j) noexcept;
   void trace_host_span(std::int32_t i, const char* label) noexcept;
   void cancel_from_parent(asio::cancellation_type type) noexcept;
 
   std::vector<slot_state> slots_;
+  // Turn order; empty for 0, 1, ..., N-1.
+  std::vector<std::int32_t> order_;     // turn position -> micro-batch
+  std::vector<std::int32_t> position_;  // micro-batch -> turn position
   timeline* trace_;
   std::coroutine_handle<> parent_;
   asio::any_io_executor executor_;
