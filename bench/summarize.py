@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Condenses a Google Benchmark JSON report into the figures cobatch tracks.
 
-    bench/summarize.py build/bench/raw.json build/bench/summary.json
+    bench/summarize.py build/bench/raw.json build/bench/summary.json [build/bench/server.json]
+
+The optional third file holds the example server's figures, measured by
+bench/server/server_bench.py (wrk and an asyncio client on loopback).
 
 Each figure is the median over repetitions of one benchmark's real time (in
 nanoseconds) or of one of its user counters. Figures whose benchmark did not
@@ -18,9 +21,10 @@ import subprocess
 import sys
 
 REAL_TIME = "real_time"
+CPU_TIME = "cpu_time"
 
 # key in summary.json -> (benchmark name before any "/", field). The field is
-# REAL_TIME or the name of a user counter.
+# REAL_TIME, CPU_TIME or the name of a user counter.
 TABLE = {
     "resume_ns": ("BM_resume_reactor", "median_ns"),
     "resume_ns_p99": ("BM_resume_reactor", "p99_ns"),
@@ -31,6 +35,10 @@ TABLE = {
     "idle_cpu_percent": ("BM_idle_cpu", "cpu_percent"),
     "slice_ns_4096": ("BM_slice_4096", REAL_TIME),
     "dispatch_ns": ("BM_dispatch_random_key", REAL_TIME),
+    "attn_plan_ns_4096": ("BM_attn_plan_4096", REAL_TIME),
+    "attn_plan_ns_4096_raw_table": ("BM_attn_plan_4096_raw_table", REAL_TIME),
+    "lse_merge_gbps": ("BM_lse_merge_host", "gbps"),
+    "lse_memcpy_gbps": ("BM_lse_merge_memcpy", "gbps"),
     "launch_eager_cpu_ns": ("BM_launch_eager_64", "launch_cpu_ns"),
     "launch_graph_cpu_ns": ("BM_launch_graph_64", "launch_cpu_ns"),
     "step_plan_ns": ("BM_step_plan", REAL_TIME),
@@ -41,6 +49,22 @@ TABLE = {
     "step_gap_ratio": ("BM_step_gap", "gap_ratio"),
     "tuner_regret": ("BM_tuner_regret", "regret"),
 }
+# The completion reactor against the number of pending waits (8 streams), on
+# fences that claim their order and on fences that do not, in the same run.
+for _size in ("10", "1k", "10k"):
+    TABLE[f"reactor_sweep_ns_{_size}"] = (f"BM_reactor_sweep_ordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_sweep_unordered_ns_{_size}"] = (f"BM_reactor_sweep_unordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_completion_ns_{_size}"] = (f"BM_reactor_completion_ordered_{_size}", REAL_TIME)
+    TABLE[f"reactor_completion_unordered_ns_{_size}"] = (f"BM_reactor_completion_unordered_{_size}", REAL_TIME)
+# The same benchmarks in CPU time: they run on one thread and never block, so
+# on an idle machine the two agree; on a shared one the CPU time is the
+# reactor's cost and the real time adds the time the thread waited for a core.
+for _size in ("10k",):
+    TABLE[f"reactor_sweep_cpu_ns_{_size}"] = (f"BM_reactor_sweep_ordered_{_size}", CPU_TIME)
+    TABLE[f"reactor_sweep_unordered_cpu_ns_{_size}"] = (f"BM_reactor_sweep_unordered_{_size}", CPU_TIME)
+    TABLE[f"reactor_completion_cpu_ns_{_size}"] = (f"BM_reactor_completion_ordered_{_size}", CPU_TIME)
+    TABLE[f"reactor_completion_unordered_cpu_ns_{_size}"] = (f"BM_reactor_completion_unordered_{_size}", CPU_TIME)
+TABLE["reactor_completion_cpu_ns_10"] = ("BM_reactor_completion_ordered_10", CPU_TIME)
 
 # ratio key -> (numerator key, denominator key)
 RATIOS = {
@@ -48,6 +72,12 @@ RATIOS = {
     "switch_barrier_over_switch": ("switch_barrier_ns", "switch_ns"),
     # Host backend; the >= 5 target applies to real kernels on a GPU.
     "replay_cpu_ratio": ("launch_eager_cpu_ns", "launch_graph_cpu_ns"),
+    # Host LSE merge throughput (bytes read + written per second) over
+    # memcpy's on the same number of bytes, same run, one thread each.
+    "lse_merge_bw_ratio": ("lse_merge_gbps", "lse_memcpy_gbps"),
+    # Must stay near 1: a completion costs the same with 10,000 waits pending.
+    "reactor_completion_10k_over_10": ("reactor_completion_ns_10k", "reactor_completion_ns_10"),
+    "reactor_sweep_unordered_over_ordered_10k": ("reactor_sweep_unordered_ns_10k", "reactor_sweep_ns_10k"),
 }
 
 # Overlap sweeps: one benchmark per configuration (N, compute:comm). Each
@@ -85,11 +115,32 @@ TARGETS = {
     "idle_cpu_percent": ("idle_cpu_percent", "<=", 2),
     "slice_ns_4096": ("slice_ns_4096", "<=", 20000),
     "dispatch_ns": ("dispatch_ns", "<=", 50),
+    "attn_plan_ns_4096": ("attn_plan_ns_4096", "<=", 20000),
+    "lse_merge_bw_ratio": ("lse_merge_bw_ratio", ">=", 0.5),
+    "reactor_sweep_ns_10k": ("reactor_sweep_ns_10k", "<=", 1000),
+    "reactor_completion_10k_over_10": ("reactor_completion_10k_over_10", "<=", 2),
     "step_plan_ns": ("step_plan_ns", "<=", 20000),
     "step_host_overhead_us": ("step_host_overhead_us", "<=", 100),
     "step_gap_us": ("step_gap_us", "<=", 20),
     "step_gap_ratio": ("step_gap_ratio", ">=", 5),
     "tuner_regret": ("tuner_regret", ">=", 0.9),
+}
+
+# Figures of the example server (bench/server/server_bench.py), copied as they
+# are: key -> description.
+SERVER_KEYS = {
+    "health_rps": "GET /health requests per second, 64 connections (wrk)",
+    "server_tokens_per_s_1": "generated tokens per second, 1 client",
+    "server_tokens_per_s_64": "generated tokens per second, 64 concurrent clients",
+    "server_batching_gain": "tokens/s at 64 clients over tokens/s at 1 client",
+    "server_p99_ttft_ms": "time to first streamed token at 64 clients, p99",
+    "server_median_ttft_ms": "time to first streamed token at 64 clients, median",
+    "server_errors": "answers neither 200 nor 503, and socket errors, over every server run",
+}
+SERVER_TARGETS = {
+    "health_rps": ("health_rps", ">=", 30000),
+    "server_batching_gain": ("server_batching_gain", ">=", 8),
+    "server_errors": ("server_errors", "<=", 0),
 }
 
 NS_PER_UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
@@ -118,9 +169,9 @@ def aggregate_name(entry):
 
 
 def value_of(entry, field):
-    if field == REAL_TIME:
+    if field in (REAL_TIME, CPU_TIME):
         unit = entry.get("time_unit", "ns")
-        return float(entry["real_time"]) * NS_PER_UNIT[unit]
+        return float(entry[field]) * NS_PER_UNIT[unit]
     value = entry.get(field)
     return None if value is None else float(value)
 
@@ -202,7 +253,7 @@ def machine_info():
     return info
 
 
-def summarize(report):
+def summarize(report, server=None):
     benchmarks = report.get("benchmarks", [])
     summary = {}
     missing = []
@@ -239,8 +290,18 @@ def summarize(report):
         if num in summary and den in summary and summary[den] != 0:
             summary[key] = summary[num] / summary[den]
 
+    if server is not None:
+        for key in SERVER_KEYS:
+            if server.get(key) is None:
+                missing.append(key)
+            else:
+                summary[key] = server[key]
+
     targets = {}
-    for key, (measured_key, op, bound) in TARGETS.items():
+    all_targets = dict(TARGETS)
+    if server is not None:
+        all_targets.update(SERVER_TARGETS)
+    for key, (measured_key, op, bound) in all_targets.items():
         if measured_key not in summary:
             continue
         measured = summary[measured_key]
@@ -256,9 +317,17 @@ def summarize(report):
 
 
 def main(argv):
-    if len(argv) != 3:
-        print(f"usage: {argv[0]} RAW_JSON SUMMARY_JSON", file=sys.stderr)
+    if len(argv) not in (3, 4):
+        print(f"usage: {argv[0]} RAW_JSON SUMMARY_JSON [SERVER_JSON]", file=sys.stderr)
         return 2
+    server = None
+    if len(argv) == 4:
+        try:
+            with open(argv[3], encoding="utf-8") as f:
+                server = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"{argv[0]}: {argv[3]}: {e}; the server figures are listed as missing", file=sys.stderr)
+            server = {}
     with open(argv[1], encoding="utf-8") as f:
         text = f.read()
     if not text.strip():
@@ -270,7 +339,7 @@ def main(argv):
     except json.JSONDecodeError as e:
         print(f"{argv[0]}: {argv[1]} is not a Google Benchmark JSON report: {e}", file=sys.stderr)
         return 1
-    summary = summarize(report)
+    summary = summarize(report, server)
     with open(argv[2], "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")

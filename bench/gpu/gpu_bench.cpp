@@ -40,6 +40,10 @@
 #include "cobatch/gpu/cuda/device_census.hpp"
 #include "cobatch/gpu/cuda/error.hpp"
 #include "cobatch/gpu/cuda/probe_kernels.hpp"
+#include "cobatch/engine/attention/batch_attention.hpp"
+#include "cobatch/gpu/copy.hpp"
+#include "cobatch/gpu/device_memory.hpp"
+#include "cobatch/gpu/kernels/attention_kernels.hpp"
 
 #if COBATCH_WITH_NCCL
 #include "cobatch/gpu/collective_wait.hpp"
@@ -382,6 +386,96 @@ overlap_result measure_overlap() {
   return out;
 }
 
+struct attention_result {
+  double merge_ms = 0;
+  double merge_copy_ms = 0;
+  double merge_bw_ratio = 0;
+  double decode_ms = 0;
+  double decode_gbps = 0;
+  double copy_gbps = 0;
+  double decode_bw_fraction = 0;
+};
+
+/// The LSE merge kernel (8 shards, 4096 tokens x 32 heads, head dim 128, f32)
+/// against a device-to-device copy of as many bytes; and decode attention (64
+/// requests of 4096 tokens, 32 query / 8 KV heads, head dim 128, bf16, page 16)
+/// as KV bytes read per second over the copy's bytes moved per second.
+attention_result measure_attention() {
+  loop_with_device l;
+  auto s = l.dev.make_stream();
+  auto start = l.dev.make_event(gpu::cuda::event_timing::enabled);
+  auto stop = l.dev.make_event(gpu::cuda::event_timing::enabled);
+  auto timed = [&](auto&& enqueue) {
+    std::vector<double> ms;
+    for (int r = 0; r < 9; ++r) {
+      s.record(start);
+      enqueue();
+      s.record(stop);
+      COBATCH_CUDA_CHECK(cudaStreamSynchronize(gpu::cuda::native(s)));
+      if (r > 1) ms.push_back(gpu::cuda::elapsed_ms(start, stop));
+    }
+    return median(ms);
+  };
+  attention_result r;
+  constexpr std::int32_t shards = 8, d = 128;
+  constexpr std::int64_t rows = 4096 * 32;
+  const std::size_t in_bytes = static_cast<std::size_t>(shards * rows * (d + 1)) * sizeof(float);
+  const std::size_t out_bytes = static_cast<std::size_t>(rows * (d + 1)) * sizeof(float);
+  gpu::device_buffer in = gpu::allocate(l.dev, in_bytes);
+  gpu::device_buffer out = gpu::allocate(l.dev, out_bytes);
+  gpu::device_buffer copy_src = gpu::allocate(l.dev, (in_bytes + out_bytes) / 2);
+  gpu::device_buffer copy_dst = gpu::allocate(l.dev, (in_bytes + out_bytes) / 2);
+  gpu::fill_async(in.as<float>(), 0.5f, s);
+  gpu::fill_async(copy_src.as<float>(), 0.5f, s);
+  gpu::kernels::lse_merge_args a;
+  a.num_shards = shards;
+  a.rows = rows;
+  a.head_dim = d;
+  a.shard_out = in.as<float>().data();
+  a.shard_out_stride = rows * d;
+  a.shard_lse = in.as<float>().data() + shards * rows * d;
+  a.shard_lse_stride = rows;
+  a.out = out.data();
+  a.out_lse = out.as<float>().data() + rows * d;
+  r.merge_ms = timed([&] { gpu::kernels::enqueue_lse_merge(gpu::backend_kind::cuda, a, s); });
+  r.merge_copy_ms = timed([&] { gpu::copy_async(copy_dst.as<std::byte>(), copy_src.as<std::byte>(), s); });
+  // Both move in_bytes + out_bytes (read + written).
+  r.merge_bw_ratio = r.merge_copy_ms / r.merge_ms;
+  r.copy_gbps = static_cast<double>(in_bytes + out_bytes) / (r.merge_copy_ms * 1e6);
+
+  using namespace cobatch::engine;
+  constexpr std::int32_t reqs = 64, ctx = 4096, page = 16;
+  kv_cache_config cc{1, reqs * ctx / page, page, 8, 128, gpu::data_type::bf16};
+  paged_kv_cache cache(l.dev, cc);
+  gpu::fill_async(cache.bytes().reinterpret<gpu::bf16>(), gpu::bf16::from_float(0.01f), s);
+  std::vector<std::int32_t> qsl{0}, seq, indptr{0}, indices;
+  for (std::int32_t i = 0; i < reqs; ++i) {
+    qsl.push_back(i + 1);
+    seq.push_back(ctx);
+    for (std::int32_t p = 0; p < ctx / page; ++p) indices.push_back(i * (ctx / page) + p);
+    indptr.push_back(static_cast<std::int32_t>(indices.size()));
+  }
+  attention_config ac;
+  ac.num_qo_heads = 32;
+  ac.softmax_scale = 0.088388f;
+  ac.target_work_items = 0;  // one work item per request: the kernel alone, no chunk merge
+  batch_attention attn(l.dev, cache, ac);
+  attention_plan plan;
+  attn.plan({{qsl, seq, reqs}, page_table_view(indptr, indices)}, plan);
+  gpu::typed_buffer<gpu::bf16> q(l.dev, static_cast<std::size_t>(reqs) * 32 * 128);
+  gpu::typed_buffer<gpu::bf16> o(l.dev, static_cast<std::size_t>(reqs) * 32 * 128);
+  gpu::fill_async(q.span(), gpu::bf16::from_float(0.02f), s);
+  attention_io io;
+  io.q = q.span();
+  io.out = o.span();
+  attn.enqueue_run(plan, io, s, s);  // uploads the plan's tables once
+  r.decode_ms = timed([&] { attn.enqueue_run(plan, io, s, s); });
+  const double kv_bytes = static_cast<double>(reqs) * ctx * 2 * 8 * 128 * 2;
+  r.decode_gbps = kv_bytes / (r.decode_ms * 1e6);
+  r.decode_bw_fraction = r.decode_gbps / r.copy_gbps;
+  return r;
+}
+
 std::string json_escape(const std::string& s) {
   std::string out;
   for (char ch : s) {
@@ -452,6 +546,11 @@ int main(int argc, char** argv) {
       scheduling_phase phase(cudaDeviceScheduleBlockingSync);
       blocking = measure_sync(iterations);
     }
+    attention_result attention{};
+    {
+      scheduling_phase phase(cudaDeviceScheduleAuto);
+      attention = measure_attention();
+    }
     overlap_result overlap{};
     {
       scheduling_phase phase(cudaDeviceScheduleAuto);
@@ -490,6 +589,17 @@ int main(int argc, char** argv) {
     figures.push_back({"nccl_issue_blocking_ns", nccl.issue_blocking_ns, "ns",
                        "host cost per ncclAllReduce on a blocking communicator plus start/end events, median"});
 #endif
+    figures.push_back({"gpu_lse_merge_ms", attention.merge_ms, "ms",
+                       "LSE merge kernel, 8 shards x 4096 tokens x 32 heads x 128, f32 (median)"});
+    figures.push_back({"gpu_lse_merge_copy_ms", attention.merge_copy_ms, "ms",
+                       "device-to-device copy of the bytes the merge reads and writes"});
+    figures.push_back({"gpu_lse_merge_bw_ratio", attention.merge_bw_ratio, "ratio",
+                       "merge throughput / copy throughput, same bytes"});
+    figures.push_back({"gpu_decode_attention_ms", attention.decode_ms, "ms",
+                       "decode attention, 64 requests x 4096 tokens, 32/8 heads, 128, bf16, page 16"});
+    figures.push_back({"gpu_decode_attention_gbps", attention.decode_gbps, "GB/s", "KV bytes read per second"});
+    figures.push_back({"gpu_decode_attention_bw_fraction", attention.decode_bw_fraction, "ratio",
+                       "decode attention KV bandwidth / device-to-device copy bandwidth"});
     std::vector<target> targets;
     targets.push_back({"gpu_resume_vs_spin_sync", "gpu_resume_ns / sync_spin_ns <= 1.3", resume / spin,
                        resume / spin <= 1.3});
@@ -498,6 +608,8 @@ int main(int argc, char** argv) {
     // against the spinning reactor would favour the reactor unfairly.
     targets.push_back({"host_function_vs_gpu_resume", "host_function_resume_spin_ns / gpu_resume_ns >= 1",
                        host_fn_spin / resume, host_fn_spin / resume >= 1.0});
+    targets.push_back({"gpu_lse_merge_bw_ratio", "gpu_lse_merge_bw_ratio >= 0.7", attention.merge_bw_ratio,
+                       attention.merge_bw_ratio >= 0.7});
     targets.push_back({"gpu_overlap_efficiency", "gpu_overlap_efficiency >= 0.9", overlap.efficiency,
                        overlap.efficiency >= 0.9});
 

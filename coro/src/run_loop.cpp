@@ -20,26 +20,40 @@ run_loop::run_loop(options opts)
     : options_(opts), remote_(std::make_unique<detail::remote_queue>()) {}
 
 run_loop::~run_loop() {
+  // Waits still pending in the attached reactor would complete into this
+  // loop after it is gone: they are destroyed with it, as queued work is.
+  if (reactor_ != nullptr) reactor_->abandon(*this);
   detach();
-  // Queued work is destroyed, not run: a coroutine frame left suspended here
-  // belongs to whoever owns its task, which frees it.
-  auto destroy = [](detail::loop_item& item) { delete item.op; };
-  for (auto& item : local_) destroy(item);
-  local_.clear();
-  detail::loop_item item;
-  while (remote_->items.try_dequeue(item)) destroy(item);
+  // Queued work is destroyed, not run. A destroyed completion destroys its
+  // handler, which frees what it owns: a coro::use_task handler abandons the
+  // task chain waiting for it, so its frames are freed (see chain_root); a
+  // coroutine handle queued here belongs to whoever owns its task. Destroying
+  // may queue more (a frame's destructor may post), so repeat until empty.
+  for (;;) {
+    detail::loop_item item;
+    if (!local_.empty()) {
+      item = local_.front();
+      local_.pop_front();
+    } else if (!remote_->items.try_dequeue(item)) {
+      break;
+    }
+    delete item.op;
+  }
   shutdown();
-
 }
 
 void run_loop::attach(completion_reactor& reactor) {
+  detach();
+  if (reactor.attached_ != nullptr) reactor.attached_->detach();
   reactor_ = &reactor;
+  reactor.attached_ = this;
   reactor.set_sleeper(&idle_);
 }
 
 void run_loop::detach() noexcept {
   if (reactor_ != nullptr) {
     reactor_->set_sleeper(nullptr);
+    reactor_->attached_ = nullptr;
     reactor_ = nullptr;
   }
 }

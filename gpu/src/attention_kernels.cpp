@@ -61,6 +61,9 @@ void enqueue_convert(backend_kind b, const convert_args& a, stream_ref s) {
 void enqueue_kv_scatter(backend_kind b, const kv_scatter_args& a, stream_ref s) {
   dispatch(b, a, s, &host::kv_scatter, COBATCH_CUDA_KERNEL(kv_scatter), "KV scatter");
 }
+void enqueue_kv_append(backend_kind b, const kv_append_args& a, stream_ref s) {
+  dispatch(b, a, s, &host::kv_append, COBATCH_CUDA_KERNEL(kv_append), "KV append");
+}
 void enqueue_kv_gather(backend_kind b, const kv_gather_args& a, stream_ref s) {
   dispatch(b, a, s, &host::kv_gather, COBATCH_CUDA_KERNEL(kv_gather), "KV gather");
 }

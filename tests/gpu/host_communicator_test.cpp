@@ -6,6 +6,7 @@
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
+#include "host_fixture.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/bind_executor.hpp>
@@ -21,11 +22,7 @@
 using namespace cobatch;
 
 namespace {
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  fixture() { loop.attach(reactor); }
+struct fixture : test::host_fixture {
 
   void wait_all(std::vector<gpu::stream>& streams) {
     auto body = [&]() -> coro::task<void> {
@@ -133,13 +130,10 @@ TEST_CASE("cancelling a wait on a collective aborts the communicator, so no rank
                                                                                                 waited = ec;
                                                                                                 done = true;
                                                                                               })));
-  std::thread canceller([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    asio::post(f.loop.get_executor(), [&] { cancel.emit(asio::cancellation_type::terminal); });
-  });
+  // The wait was initiated above; the loop runs the cancellation first.
+  asio::post(f.loop.get_executor(), [&] { cancel.emit(asio::cancellation_type::terminal); });
   f.loop.restart();
   f.loop.run();
-  canceller.join();
   REQUIRE(done);
   CHECK(waited == asio::error::operation_aborted);
   // The collective itself now fails on the stream instead of hanging it.
@@ -148,4 +142,29 @@ TEST_CASE("cancelling a wait on a collective aborts the communicator, so no rank
     co_return ec;
   };
   CHECK(coro::sync_wait(f.loop, body()) == gpu::errc::communicator_aborted);
+}
+
+TEST_CASE("a point-to-point size mismatch fails every rank with rank_mismatch, the sender and bystanders too",
+          "[gpu][host][comm]") {
+  fixture f;
+  // No timeout: a bystander must learn of the mismatch, not wait for ever.
+  auto comms = gpu::host::make_communicators(3, {std::chrono::milliseconds(0)});
+  gpu::stream s[3] = {f.dev.make_stream(), f.dev.make_stream(), f.dev.make_stream()};
+  std::vector<float> a(4, 1.0f), b(4, 0.0f);
+  float x[3] = {1, 2, 3}, y[3] = {0, 0, 0};
+  {
+    gpu::group_guard g0(comms[0]);
+    gpu::group_guard g1(comms[1]);
+    comms[0].send(g0, a.data(), 4, gpu::data_type::f32, 1, s[0]);
+    comms[1].recv(g1, b.data(), 3, gpu::data_type::f32, 0, s[1]);
+  }
+  // Rank 2 is not part of the exchange; it waits at the next collective.
+  comms[2].all_reduce(&x[2], &y[2], 1, gpu::data_type::f32, gpu::reduce_op::sum, s[2]);
+  auto body = [&](int r) -> coro::task<std::error_code> {
+    auto [ec] = co_await s[r].async_wait(coro::as_tuple_task);
+    co_return ec;
+  };
+  CHECK(coro::sync_wait(f.loop, body(1)) == gpu::errc::rank_mismatch);
+  CHECK(coro::sync_wait(f.loop, body(0)) == gpu::errc::rank_mismatch);
+  CHECK(coro::sync_wait(f.loop, body(2)) == gpu::errc::rank_mismatch);
 }

@@ -130,3 +130,88 @@ TEST_CASE("a graph's failed node reaches whoever awaits the replay", "[gpu][host
   };
   CHECK(coro::sync_wait(f.loop, body()) == std::errc::invalid_argument);
 }
+
+namespace {
+// The capture of a fork/join in which the side lane waits on an event recorded
+// before the capture, and the origin re-records that event later in the
+// capture. Returns what the side lane saw of the origin's pre-capture write.
+struct rerecord_sequence {
+  gpu::stream origin, side;
+  gpu::event before, fork, join;
+  int value = 0;
+  int seen_by_side = -1;
+  explicit rerecord_sequence(gpu::device& dev)
+      : origin(dev.make_stream()), side(dev.make_stream()), before(dev.make_event()), fork(dev.make_event()),
+        join(dev.make_event()) {}
+  void enqueue_body() {
+    origin.record(fork);
+    side.wait(fork);
+    side.wait(before);  // recorded before the capture: an external wait
+    side.enqueue([this] { seen_by_side = value; });
+    side.record(join);
+    origin.wait(join);
+    origin.enqueue([this] { ++value; });
+    origin.record(before);  // the same event, re-recorded inside the capture
+  }
+};
+}  // namespace
+
+TEST_CASE("a replay's external wait sees the event as it was at launch, not the graph's own later record",
+          "[gpu][host][graph]") {
+  fixture f;
+  rerecord_sequence seq(f.dev);
+  seq.origin.enqueue([&] { seq.value = 41; });
+  seq.origin.record(seq.before);
+
+  // Eager: the side lane waits for the record made before, then the origin
+  // re-records the event after joining the side lane.
+  seq.enqueue_body();
+  auto wait_origin = [&]() -> coro::task<void> { co_await seq.origin.async_wait(coro::use_task); };
+  coro::sync_wait(f.loop, wait_origin());
+  CHECK(seq.seen_by_side == 41);
+  CHECK(seq.value == 42);
+
+  seq.origin.ref().begin_capture();
+  seq.enqueue_body();
+  auto exec = seq.origin.ref().end_capture().instantiate();
+  // Replayed, the same sequence must mean the same: the side lane's external
+  // wait is on the event's record at launch, never on the replay's own later
+  // record of it (which only comes after the origin joined the side lane).
+  for (int round = 0; round < 3; ++round) {
+    exec.launch(seq.origin);
+    coro::sync_wait(f.loop, wait_origin());
+    CHECK(seq.seen_by_side == 42 + round);
+    CHECK(seq.value == 43 + round);
+  }
+}
+
+TEST_CASE("a graph owns what it records and waits on: its events may be destroyed before it is launched",
+          "[gpu][host][graph]") {
+  fixture f;
+  auto origin = f.dev.make_stream();
+  auto side = f.dev.make_stream();
+  std::vector<int> order;
+  gpu::graph_exec exec;
+  {
+    auto fork = f.dev.make_event();
+    auto join = f.dev.make_event();
+    auto outside = f.dev.make_event();
+    origin.record(outside);
+    origin.ref().begin_capture();
+    origin.record(fork);
+    side.wait(fork);
+    side.wait(outside);  // external: read at launch
+    side.enqueue([&] { order.push_back(1); });
+    side.record(join);
+    origin.wait(join);
+    origin.enqueue([&] { order.push_back(2); });
+    origin.record(outside);  // recorded by each replay, with no event left to hold it
+    exec = origin.ref().end_capture().instantiate();
+  }  // the events die here, as a scheduler's do while its cached graphs live on
+  for (int round = 0; round < 2; ++round) {
+    exec.launch(origin);
+    auto wait_origin = [&]() -> coro::task<void> { co_await origin.async_wait(coro::use_task); };
+    coro::sync_wait(f.loop, wait_origin());
+  }
+  CHECK(order == std::vector<int>{1, 2, 1, 2});
+}

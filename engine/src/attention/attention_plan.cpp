@@ -5,6 +5,7 @@
 #include "message.hpp"
 
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -74,10 +75,18 @@ struct attention_planner {
                    attention_plan& out, std::string* detail) {
     out.id_ = 0;
     if (const fault f = detail::check_attention_config(cache, config, detail)) return f;
-    batch_shape shape;
-    if (const fault f = detail::check_batch(in.batch, shape, detail)) return f;
-
-    const std::int32_t reqs = shape.num_reqs;
+    // The batch's O(1) checks here; its per-request checks are fused into the
+    // pass below, and on any failure check_batch runs to report the first
+    // offending value exactly as validate_batch does.
+    const batch_view& bv = in.batch;
+    const std::size_t nreq = bv.seq_lens.size();
+    if (nreq == 0 || nreq > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max() - 1) ||
+        bv.query_start_loc.size() != nreq + 1 || bv.num_tokens <= 0 || bv.query_start_loc[0] != 0 ||
+        bv.query_start_loc[nreq] != bv.num_tokens) {
+      batch_shape ignored;
+      if (const fault f = detail::check_batch(bv, ignored, detail)) return f;
+    }
+    const std::int32_t reqs = static_cast<std::int32_t>(nreq);
     const auto indptr = in.pages.indptr();
     const auto indices = in.pages.indices();
     if (indptr.size() != static_cast<std::size_t>(reqs) + 1) {
@@ -89,32 +98,61 @@ struct attention_planner {
     }
     const dcp_layout dcp = config.dcp;
     const std::int32_t ps = cache.page_size;
-    const std::int32_t* seq = in.batch.seq_lens.data();
-    const std::int32_t* loc = in.batch.query_start_loc.data();
+    const std::int32_t* seq = bv.seq_lens.data();
+    const std::int32_t* loc = bv.query_start_loc.data();
     const std::int32_t* ip = indptr.data();
 
-    grow(out.scratch_, static_cast<std::size_t>(reqs));
-    std::int64_t* local = out.scratch_.data();
-    // Pass 1: shard lengths, page counts, and the KV that can be split.
+    // Pass 1, one per request: batch checks, shard lengths, page counts, the
+    // request table, and the KV that may be split. Divisions cost tens of
+    // cycles and this loop runs for every request of every step: without DCP
+    // the shard is the sequence, and a power-of-two page size divides by
+    // shifting.
+    grow(out.requests_, static_cast<std::size_t>(reqs));
+    gpu::kernels::attention_request* rq = out.requests_.data();
+    const bool whole = dcp.world == 1;
+    const bool pow2 = (ps & (ps - 1)) == 0;
+    const int shift = std::countr_zero(static_cast<std::uint32_t>(ps));
     std::int64_t total_local = 0;
     std::int64_t splittable = 0;
+    std::int32_t appended = 0;
+    std::int64_t longest_splittable = 0;
+    std::int32_t min_q = std::numeric_limits<std::int32_t>::max();
+    std::int32_t max_q = 0;
+    bool bad_batch = false;
+    std::int32_t bad_pages = -1;
     for (std::int32_t i = 0; i < reqs; ++i) {
-      const std::int64_t len = dcp.local_length(seq[i]);
-      local[i] = len;
+      const std::int32_t q0 = loc[i];
+      const std::int32_t ql = loc[i + 1] - q0;
+      const std::int32_t s_len = seq[i];
+      bad_batch |= (ql < 0) | (s_len < ql);
+      min_q = ql < min_q ? ql : min_q;
+      max_q = ql > max_q ? ql : max_q;
+      const std::int64_t len = whole ? s_len : dcp.local_length(s_len);
+      const std::int64_t need = pow2 ? (len + ps - 1) >> shift : (len + ps - 1) / ps;
+      if (ip[i + 1] - ip[i] != need && bad_pages < 0) bad_pages = i;
       total_local += len;
-      const std::int32_t have = ip[i + 1] - ip[i];
-      const std::int64_t need = (len + ps - 1) / ps;
-      if (have != need) {
-        if (ip[i + 1] < ip[i]) {
-          return fail(detail, errc::length_mismatch, "plan_attention: page table indptr[", i + 1, "]=", ip[i + 1],
-                      " is less than indptr[", i, "]=", ip[i]);
-        }
-        return fail(detail, errc::length_mismatch, "plan_attention: request ", i, " has ", have,
-                    " pages; its shard of seq_len=", seq[i], " holds ", len, " tokens on dcp rank ", dcp.rank,
-                    ", which need ", need, " pages of ", ps);
-      }
-      if (loc[i + 1] - loc[i] <= max_split_query_len) splittable += len;
+      const std::int64_t split_len = ql <= max_split_query_len ? len : 0;
+      splittable += split_len;
+      longest_splittable = split_len > longest_splittable ? split_len : longest_splittable;
+      appended += whole ? ql : static_cast<std::int32_t>(len - dcp.local_length(static_cast<std::int64_t>(s_len) - ql));
+      rq[i] = {q0, ql, s_len, ip[i], static_cast<std::int32_t>(len)};
     }
+    if (bad_batch) {
+      batch_shape ignored;
+      if (const fault f = detail::check_batch(bv, ignored, detail)) return f;
+    }
+    if (bad_pages >= 0) {
+      const std::int32_t i = bad_pages;
+      if (ip[i + 1] < ip[i]) {
+        return fail(detail, errc::length_mismatch, "plan_attention: page table indptr[", i + 1, "]=", ip[i + 1],
+                    " is less than indptr[", i, "]=", ip[i]);
+      }
+      const std::int64_t len = dcp.local_length(seq[i]);
+      return fail(detail, errc::length_mismatch, "plan_attention: request ", i, " has ", ip[i + 1] - ip[i],
+                  " pages; its shard of seq_len=", seq[i], " holds ", len, " tokens on dcp rank ", dcp.rank,
+                  ", which need ", (len + ps - 1) / ps, " pages of ", ps);
+    }
+    const batch_shape shape{reqs, bv.num_tokens, min_q, max_q};
     const std::int32_t used = ip[reqs];
     if (static_cast<std::size_t>(used) > indices.size()) {
       return fail(detail, errc::length_mismatch, "plan_attention: page table indptr[", reqs, "]=", used,
@@ -150,42 +188,22 @@ struct attention_planner {
     }
     chunk = std::min<std::int64_t>(chunk, std::numeric_limits<std::int32_t>::max() / ps * ps);
 
-    // Pass 2: requests, work items, chunk merges, slots.
-    grow(out.requests_, static_cast<std::size_t>(reqs));
-    grow(out.slots_, static_cast<std::size_t>(shape.num_tokens));
+    // Pass 2: work items and chunk merges, from the request table.
     // An upper bound on work items: one per request plus the extra chunks.
     std::size_t work_bound = static_cast<std::size_t>(reqs) +
                              static_cast<std::size_t>(splittable / chunk) + static_cast<std::size_t>(reqs);
-    grow(out.work_, work_bound);
+    if (longest_splittable > chunk) grow(out.work_, work_bound);
     grow(out.chunk_items_, static_cast<std::size_t>(reqs));
-    gpu::kernels::attention_request* rq = out.requests_.data();
     gpu::kernels::attention_work_item* wk = out.work_.data();
     gpu::kernels::chunk_merge_item* ci = out.chunk_items_.data();
-    std::int32_t* slots = out.slots_.data();
     std::size_t nw = 0;
     std::size_t nc = 0;
     std::int64_t partial_rows = 0;
-    std::int32_t appended = 0;
-    const std::int32_t* idx = indices.data();
-    const std::int64_t stride = static_cast<std::int64_t>(dcp.interleave) * dcp.world;
-    for (std::int32_t i = 0; i < reqs; ++i) {
-      const std::int32_t q0 = loc[i];
-      const std::int32_t ql = loc[i + 1] - q0;
-      const std::int64_t len = local[i];
-      rq[i] = {q0, ql, seq[i], ip[i], static_cast<std::int32_t>(len)};
-      // Slots of this step's tokens: global positions seq - ql .. seq - 1.
-      const std::int32_t* pages = idx + ip[i];
-      for (std::int32_t j = 0; j < ql; ++j) {
-        const std::int64_t p = static_cast<std::int64_t>(seq[i]) - ql + j;
-        const std::int64_t block = p / dcp.interleave;
-        if (dcp.world == 1 || block % dcp.world == dcp.rank) {
-          const std::int64_t l = (p / stride) * dcp.interleave + p % dcp.interleave;
-          slots[q0 + j] = pages[l / ps] * ps + static_cast<std::int32_t>(l % ps);
-          ++appended;
-        } else {
-          slots[q0 + j] = -1;
-        }
-      }
+    const bool identity = longest_splittable <= chunk;
+    for (std::int32_t i = 0; i < (identity ? 0 : reqs); ++i) {
+      const std::int32_t q0 = rq[i].q_begin;
+      const std::int32_t ql = rq[i].q_len;
+      const std::int64_t len = rq[i].kv_len;
       if (ql == 0) continue;
       const std::int64_t n = (ql <= max_split_query_len && len > chunk) ? (len + chunk - 1) / chunk : 1;
       if (n == 1) {
@@ -198,9 +216,9 @@ struct attention_planner {
       }
       const std::int64_t first = partial_rows;
       for (std::int64_t c = 0; c < n; ++c) {
-        const std::int64_t b = c * chunk;
-        const std::int64_t e = std::min(len, b + chunk);
-        wk[nw++] = {i, static_cast<std::int32_t>(b), static_cast<std::int32_t>(e),
+        const std::int64_t b0 = c * chunk;
+        const std::int64_t e = std::min(len, b0 + chunk);
+        wk[nw++] = {i, static_cast<std::int32_t>(b0), static_cast<std::int32_t>(e),
                     static_cast<std::int32_t>(first + c * ql)};
       }
       partial_rows += n * ql;
@@ -229,7 +247,6 @@ struct attention_planner {
     lay.work = take(nw * sizeof(gpu::kernels::attention_work_item));
     lay.chunk_items = take(nc * sizeof(gpu::kernels::chunk_merge_item));
     lay.indices = take(static_cast<std::size_t>(used) * sizeof(std::int32_t));
-    lay.slots = take(t * sizeof(std::int32_t));
     lay.partial_out = take(static_cast<std::size_t>(partial_rows) * h * d * sizeof(float));
     lay.partial_lse = take(static_cast<std::size_t>(partial_rows) * h * sizeof(float));
     if (dcp.world > 1) {
@@ -268,6 +285,7 @@ struct attention_planner {
     out.partial_rows_ = static_cast<std::int32_t>(partial_rows);
     out.layout_ = lay;
     out.num_work_ = nw;
+    out.identity_work_ = identity;
     out.num_chunk_items_ = nc;
     out.indices_ = indices.first(static_cast<std::size_t>(used));
     out.id_ = next_plan_id.fetch_add(1, std::memory_order_relaxed);
@@ -277,9 +295,8 @@ struct attention_planner {
 
 void attention_plan::reserve(std::int32_t max_reqs, std::int32_t max_tokens, std::int32_t max_work_items) {
   grow(requests_, static_cast<std::size_t>(std::max(max_reqs, 0)));
-  grow(scratch_, static_cast<std::size_t>(std::max(max_reqs, 0)));
   grow(chunk_items_, static_cast<std::size_t>(std::max(max_reqs, 0)));
-  grow(slots_, static_cast<std::size_t>(std::max(max_tokens, 0)));
+  (void)max_tokens;  // nothing is kept per token
   grow(work_, static_cast<std::size_t>(std::max(max_work_items, 0)));
 }
 
@@ -295,7 +312,7 @@ std::size_t attention_plan::lse_elements() const noexcept {
 void plan_attention(const kv_cache_config& cache, const attention_config& config, const attention_batch& batch,
                     attention_plan& out) {
   std::string text;
-  if (const fault f = attention_planner::run(cache, config, batch, out, &text)) detail::raise(f, text);
+  if (const fault f = attention_planner::run(cache, config, batch, out, &text)) throw_engine_error(f.code, text);
 }
 
 void plan_attention(const kv_cache_config& cache, const attention_config& config, const attention_batch& batch,
@@ -306,7 +323,7 @@ void plan_attention(const kv_cache_config& cache, const attention_config& config
 
 void validate_attention_config(const kv_cache_config& cache, const attention_config& config) {
   std::string text;
-  if (const fault f = detail::check_attention_config(cache, config, &text)) detail::raise(f, text);
+  if (const fault f = detail::check_attention_config(cache, config, &text)) throw_engine_error(f.code, text);
 }
 
 }  // namespace cobatch::engine

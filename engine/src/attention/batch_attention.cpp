@@ -223,36 +223,10 @@ void batch_attention::enqueue_phase(const attention_plan& plan, const attention_
     check(plan, io);
     reserve(plan, s);
     const auto& ws = state_->workspace;
-    if (state_->uploaded_id != plan.id()) {
-      auto upload = [&](std::size_t offset, const void* src, std::size_t bytes) {
-        if (bytes == 0) return;
-        gpu::detail::copy_bytes_async(backend, gpu::copy_direction::host_to_device, at<std::byte>(ws, offset), src,
-                                      bytes, s);
-      };
-      upload(lay.requests, plan.requests().data(), plan.requests().size_bytes());
-      upload(lay.work, plan.work().data(), plan.work().size_bytes());
-      upload(lay.chunk_items, plan.chunk_items().data(), plan.chunk_items().size_bytes());
-      upload(lay.indices, plan.indices().data(), plan.indices().size_bytes());
-      upload(lay.slots, plan.slots().data(), plan.slots().size_bytes());
-      state_->uploaded_id = plan.id();
-      ++stats_.uploads;
-    }
+    upload_tables(plan, s);
     void* layer_pages = cache_->layer(io.layer).data();
     if (!io.new_k.empty() && plan.appended_tokens() > 0) {
-      kn::kv_scatter_args a;
-      a.storage = cc.storage;
-      a.kv_pages = layer_pages;
-      a.num_pages = cc.num_pages;
-      a.page_size = cc.page_size;
-      a.num_kv_heads = cc.num_kv_heads;
-      a.head_dim = d;
-      a.k = io.new_k.data();
-      a.v = io.new_v.data();
-      a.row_stride = static_cast<std::int64_t>(cc.num_kv_heads) * d;
-      a.slots = at<std::int32_t>(ws, lay.slots);
-      a.num_rows = t;
-      kn::enqueue_kv_scatter(backend, a, s);
-      stats_.appended_tokens += static_cast<std::uint64_t>(plan.appended_tokens());
+      enqueue_append_kernel(plan, layer_pages, io.new_k.data(), io.new_v.data(), s);
     }
     const bool direct = world <= 1;
     kn::paged_attention_args a;
@@ -271,8 +245,8 @@ void batch_attention::enqueue_phase(const attention_plan& plan, const attention_
     a.dcp_interleave = config_.dcp.interleave;
     a.kv_indices = at<std::int32_t>(ws, lay.indices);
     a.requests = at<kn::attention_request>(ws, lay.requests);
-    a.work = at<kn::attention_work_item>(ws, lay.work);
-    a.num_work = static_cast<std::int32_t>(plan.work().size());
+    a.work = plan.work_is_identity() ? nullptr : at<kn::attention_work_item>(ws, lay.work);
+    a.num_work = plan.num_work_items();
     a.num_tokens = t;
     a.max_q_len = plan.shape().max_query_len;
     a.out = direct ? io.out.data() : at<void>(ws, lay.local_out);
@@ -378,26 +352,49 @@ void batch_attention::enqueue_append(const attention_plan& plan, std::int32_t la
   check_tensor(new_k, "new_k", cc.storage, kv, cache_->backend());
   check_tensor(new_v, "new_v", cc.storage, kv, cache_->backend());
   reserve(plan, s);
+  upload_tables(plan, s);
+  if (plan.appended_tokens() > 0) enqueue_append_kernel(plan, cache_->layer(layer).data(), new_k.data(), new_v.data(), s);
+}
+
+void batch_attention::upload_tables(const attention_plan& plan, gpu::stream_ref s) {
+  if (state_->uploaded_id == plan.id()) return;
   const auto& ws = state_->workspace;
   const auto& lay = plan.workspace();
-  if (state_->uploaded_id != plan.id()) {
-    // Only the slots are needed; a later run uploads everything.
-    gpu::detail::copy_bytes_async(cache_->backend(), gpu::copy_direction::host_to_device, at<std::byte>(ws, lay.slots),
-                                  plan.slots().data(), plan.slots().size_bytes(), s);
-  }
-  kn::kv_scatter_args a;
+  auto upload = [&](std::size_t offset, const void* src, std::size_t bytes) {
+    if (bytes == 0) return;
+    gpu::detail::copy_bytes_async(cache_->backend(), gpu::copy_direction::host_to_device, at<std::byte>(ws, offset), src,
+                                  bytes, s);
+  };
+  upload(lay.requests, plan.requests().data(), plan.requests().size_bytes());
+  upload(lay.work, plan.work().data(), plan.work().size_bytes());
+  upload(lay.chunk_items, plan.chunk_items().data(), plan.chunk_items().size_bytes());
+  upload(lay.indices, plan.indices().data(), plan.indices().size_bytes());
+  state_->uploaded_id = plan.id();
+  ++stats_.uploads;
+}
+
+void batch_attention::enqueue_append_kernel(const attention_plan& plan, void* layer_pages, const void* k,
+                                            const void* v, gpu::stream_ref s) {
+  const kv_cache_config& cc = cache_->config();
+  const auto& ws = state_->workspace;
+  const auto& lay = plan.workspace();
+  kn::kv_append_args a;
   a.storage = cc.storage;
-  a.kv_pages = cache_->layer(layer).data();
+  a.kv_pages = layer_pages;
   a.num_pages = cc.num_pages;
   a.page_size = cc.page_size;
   a.num_kv_heads = cc.num_kv_heads;
   a.head_dim = cc.head_dim;
-  a.k = new_k.data();
-  a.v = new_v.data();
-  a.row_stride = static_cast<std::int64_t>(cc.num_kv_heads) * cc.head_dim;
-  a.slots = at<std::int32_t>(ws, lay.slots);
-  a.num_rows = plan.num_tokens();
-  kn::enqueue_kv_scatter(cache_->backend(), a, s);
+  a.k = k;
+  a.v = v;
+  a.requests = at<kn::attention_request>(ws, lay.requests);
+  a.num_reqs = plan.num_reqs();
+  a.max_q_len = plan.shape().max_query_len;
+  a.kv_indices = at<std::int32_t>(ws, lay.indices);
+  a.dcp_world = config_.dcp.world;
+  a.dcp_rank = config_.dcp.rank;
+  a.dcp_interleave = config_.dcp.interleave;
+  kn::enqueue_kv_append(cache_->backend(), a, s);
   stats_.appended_tokens += static_cast<std::uint64_t>(plan.appended_tokens());
 }
 

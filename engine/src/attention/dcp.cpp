@@ -20,7 +20,7 @@ fault check_dcp(const dcp_layout& l, const char* api, std::string* detail) {
 
 void validate_dcp_layout(const dcp_layout& layout, const char* api) {
   std::string text;
-  if (const auto f = detail::check_dcp(layout, api, &text)) detail::raise(f, text);
+  if (const auto f = detail::check_dcp(layout, api, &text)) throw_engine_error(f.code, text);
 }
 
 void validate_dcp_layout(const dcp_layout& layout, std::error_code& ec) noexcept {

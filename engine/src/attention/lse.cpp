@@ -59,7 +59,7 @@ void run_merge(const lse_shards_view& s, std::span<float> out, std::span<float> 
 
 void merge_lse(const lse_shards_view& shards, std::span<float> out, std::span<float> out_lse, lse_base out_base) {
   std::string text;
-  if (const fault f = check_merge(shards, out, out_lse, &text)) detail::raise(f, text);
+  if (const fault f = check_merge(shards, out, out_lse, &text)) throw_engine_error(f.code, text);
   run_merge(shards, out, out_lse, out_base);
 }
 

@@ -40,7 +40,7 @@ fault check_kv_cache_config(const kv_cache_config& c, std::string* detail) {
 
 void validate_kv_cache_config(const kv_cache_config& config) {
   std::string text;
-  if (const auto f = detail::check_kv_cache_config(config, &text)) detail::raise(f, text);
+  if (const auto f = detail::check_kv_cache_config(config, &text)) throw_engine_error(f.code, text);
 }
 
 void validate_kv_cache_config(const kv_cache_config& config, std::error_code& ec) noexcept {

@@ -34,6 +34,20 @@ void dispatch_router::declare(dispatch_mode mode, dispatch_key key) {
   declared_.insert(key.bits(), declared_.find_or(key.bits(), 0) | mode_bit(mode));
 }
 
+void dispatch_router::enable_mode(dispatch_mode mode) {
+  validate(mode);
+  enabled_.insert(mode);
+}
+
+void dispatch_router::disable_mode(dispatch_mode mode) {
+  validate(mode);
+  if (mode == dispatch_mode::eager)
+    throw_engine_error(errc::invalid_argument,
+                       "dispatch_router::disable_mode: eager cannot be disabled; it is what every step falls back "
+                       "to (steps above the ladder, shapes without a graph)");
+  enabled_.erase(mode);
+}
+
 std::vector<graph_key> dispatch_router::declared() const {
   std::vector<graph_key> out;
   out.reserve(declared_.size() * 2);
@@ -60,8 +74,13 @@ dispatch_route dispatch_router::route(dispatch_key step, dispatch_options option
 
   constexpr std::uint32_t full_bit = mode_bit(dispatch_mode::full);
   constexpr std::uint32_t piecewise_bit = mode_bit(dispatch_mode::piecewise);
-  const std::uint32_t relaxed_modes = declared_.find_or(relaxed.bits(), 0);
-  const std::uint32_t exact_modes = exact == relaxed ? relaxed_modes : declared_.find_or(exact.bits(), 0);
+  // Disabled modes are masked out of what is declared: one AND per lookup.
+  std::uint32_t enabled_bits = 0;
+  if (enabled_.contains(dispatch_mode::piecewise)) enabled_bits |= mode_bit(dispatch_mode::piecewise);
+  if (enabled_.contains(dispatch_mode::full)) enabled_bits |= mode_bit(dispatch_mode::full);
+  const std::uint32_t relaxed_modes = declared_.find_or(relaxed.bits(), 0) & enabled_bits;
+  const std::uint32_t exact_modes =
+      exact == relaxed ? relaxed_modes : declared_.find_or(exact.bits(), 0) & enabled_bits;
 
   mode_set available{dispatch_mode::eager};
   dispatch_key full_key = relaxed;

@@ -50,7 +50,7 @@ void dispatch_stats::record_latency(dispatch_mode mode, std::uint64_t nanosecond
 }
 
 std::uint64_t dispatch_stats::total_dispatches() const noexcept {
-  std::uint64_t total = 0;
+  std::uint64_t total = uncaptured_;
   for (auto d : dispatches_) total += d;
   return total;
 }

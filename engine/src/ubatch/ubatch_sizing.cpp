@@ -33,7 +33,9 @@ fault check_tokens_and_limits(std::int64_t tokens, ubatch_count_limits limits, c
   return {};
 }
 
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0, b > 0, without the overflow of (a + b - 1) / b
+// when a is near INT64_MAX.
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
 
 // a * b, or the largest value where that does not fit (only ever printed).
 std::uint64_t saturating_mul(std::uint64_t a, std::uint64_t b) {
@@ -117,19 +119,48 @@ fault choose_count(const step_timing_model& model, step_phase phase, std::int64_
     return {};
   }
   const fractional_ns target = model.options().target_step_time;
-  timing_choice best{range.lo, timing_reason::best_effort, *model.predict(phase, tokens, range.lo)};
-  for (std::int32_t n = range.lo; n <= range.hi; ++n) {
-    const fractional_ns t = *model.predict(phase, tokens, n);
-    if (t <= target) {
-      out = timing_choice{n, timing_reason::target_met, t};
-      return {};
+  const auto t_of = [&](std::int64_t n) { return *model.predict(phase, tokens, static_cast<std::int32_t>(n)); };
+  // t(n) = c*T*(1 - f + f/n) + n*o is convex in n, so the counts are never
+  // walked one by one (limits.max may be INT32_MAX): find the minimum, then the
+  // smallest n before it that meets the target, by bisection on the part where
+  // t falls. Ties go to the smaller count.
+  const std::int64_t lo = range.lo;
+  const std::int64_t hi = range.hi;
+  const double falling = model.cost_per_token(phase)->count() * static_cast<double>(tokens) *
+                         model.options().overlappable_fraction;  // c*T*f: t = ... + falling/n + n*o
+  const double overhead = static_cast<double>(model.options().per_ubatch_overhead.count());
+  std::int64_t n_min = lo;
+  if (falling > 0.0) {
+    if (overhead <= 0.0) {
+      n_min = hi;  // t keeps falling
+    } else {
+      const double root = std::sqrt(falling / overhead);
+      const auto clamp = [&](double x) {
+        return x <= static_cast<double>(lo) ? lo
+               : x >= static_cast<double>(hi) ? hi
+                                              : static_cast<std::int64_t>(x);
+      };
+      const std::int64_t below = clamp(std::floor(root));
+      const std::int64_t above = std::min(hi, below + 1);
+      n_min = t_of(above) < t_of(below) ? above : below;
     }
-    // t is convex in n: once it rises it keeps rising, and nothing further
-    // meets a target the minimum missed.
-    if (t > best.predicted) break;
-    if (t < best.predicted) best = timing_choice{n, timing_reason::best_effort, t};
   }
-  out = best;
+  const fractional_ns best = t_of(n_min);
+  if (best > target) {
+    out = timing_choice{static_cast<std::int32_t>(n_min), timing_reason::best_effort, best};
+    return {};
+  }
+  // t is non-increasing on [lo, n_min] and t(n_min) meets the target.
+  std::int64_t a = lo, b = n_min;
+  while (a < b) {
+    const std::int64_t mid = a + (b - a) / 2;
+    if (t_of(mid) <= target) {
+      b = mid;
+    } else {
+      a = mid + 1;
+    }
+  }
+  out = timing_choice{static_cast<std::int32_t>(a), timing_reason::target_met, t_of(a)};
   return {};
 }
 

@@ -94,8 +94,10 @@ struct plan_builder {
   // Fills `plan` from the cut positions (cuts[0] == 0, strictly increasing,
   // all below num_tokens): one pass to find request ranges and the arena
   // size, one allocation, one pass to copy and adjust the metadata.
+  // `pad_query_len` > 0 (a uniform-decode batch's query length) pads each
+  // micro-batch's requests to cover its padding rows with empty requests.
   static void build(ubatch_plan& plan, const batch_view& b, std::span<const std::int64_t> cuts,
-                    std::int32_t padded) {
+                    std::int32_t padded, std::int32_t pad_query_len) {
     const auto n = static_cast<std::int32_t>(cuts.size());
     const std::int32_t tokens = b.num_tokens;
     const std::int32_t reqs = b.num_reqs();
@@ -120,15 +122,17 @@ struct plan_builder {
       } else {
         e.req_end = reqs;
       }
+      const std::int32_t padding = e.padded_tokens - (e.token_end - e.token_begin);
+      e.empty_reqs = pad_query_len > 0 ? (padding + pad_query_len - 1) / pad_query_len : 0;
       e.arena_offset = static_cast<std::int32_t>(arena);
-      arena += 2 * static_cast<std::int64_t>(e.req_end - e.req_begin) + 1;
+      arena += 2 * (static_cast<std::int64_t>(e.req_end - e.req_begin) + e.empty_reqs) + 1;
     }
     plan.arena_.resize(static_cast<std::size_t>(arena));
     std::int32_t* out = plan.arena_.data();
     for (const auto& e : plan.entries_) {
       const std::int32_t m = e.req_end - e.req_begin;
       std::int32_t* q = out + e.arena_offset;
-      std::int32_t* s = q + m + 1;
+      std::int32_t* s = q + m + e.empty_reqs + 1;
       const std::int32_t* src = loc + e.req_begin;
       const std::int32_t shift = e.token_begin;
       for (std::int32_t j = 0; j <= m; ++j) q[j] = src[j] - shift;
@@ -139,6 +143,8 @@ struct plan_builder {
       q[m] = e.token_end - shift;
       std::memcpy(s, b.seq_lens.data() + e.req_begin, static_cast<std::size_t>(m) * sizeof(std::int32_t));
       s[m - 1] -= loc[e.req_end] - e.token_end;
+      std::fill_n(q + m + 1, e.empty_reqs, q[m]);
+      std::fill_n(s + m, e.empty_reqs, 0);
     }
   }
 
@@ -204,8 +210,64 @@ fault slice(const batch_view& b, const slice_request& r, const slice_policy& p, 
       }
     }
   }
-  plan_builder::build(plan, b, cuts, r.padded_tokens);
+  const std::int32_t q = p.thresholds.uniform_decode_query_len;
+  plan_builder::build(plan, b, cuts, r.padded_tokens, shape.is_uniform(q) ? q : 0);
   plan_builder::set(plan, outcome, used, p.mode, shape.num_tokens, r.padded_tokens);
+  return {};
+}
+
+fault from_ranges(const batch_view& b, std::span<const ubatch_range> ranges, std::int32_t padded,
+                  ubatch_plan& plan, std::string* detail) {
+  batch_shape shape;
+  if (const fault f = check_batch(b, shape, detail)) return f;
+  const auto n = static_cast<std::int32_t>(ranges.size());
+  if (n == 0) return fail(detail, errc::empty_batch, "no ranges");
+  if (padded < shape.num_tokens) {
+    return fail(detail, errc::invalid_argument, "padded_tokens=", padded,
+                " is less than num_tokens=", shape.num_tokens);
+  }
+  std::vector<std::int64_t> cuts(static_cast<std::size_t>(n));
+  std::int32_t expect = 0;
+  for (std::int32_t k = 0; k < n; ++k) {
+    const ubatch_range& r = ranges[static_cast<std::size_t>(k)];
+    if (r.token_begin != expect) {
+      return fail(detail, errc::invalid_argument, "range ", k, " begins at token ",
+                  r.token_begin, "; it must begin at ", expect,
+                  k == 0 ? " (the batch's first token)" : " (where the previous range ends)");
+    }
+    if (r.token_end <= r.token_begin) {
+      return fail(detail, errc::invalid_argument, "range ", k, " [", r.token_begin, ", ",
+                  r.token_end, ") has no real tokens");
+    }
+    if (r.token_end > shape.num_tokens) {
+      return fail(detail, errc::invalid_argument, "range ", k, " ends at token ", r.token_end,
+                  ", past the batch's ", shape.num_tokens, " tokens");
+    }
+    cuts[static_cast<std::size_t>(k)] = r.token_begin;
+    expect = r.token_end;
+  }
+  if (expect != shape.num_tokens) {
+    return fail(detail, errc::invalid_argument, "the ranges end at token ", expect,
+                "; the batch has ", shape.num_tokens);
+  }
+  plan_builder::build(plan, b, cuts, padded, 0);  // the given request ranges are the real ones: no padding requests
+  for (std::int32_t k = 0; k < n; ++k) {
+    const ubatch_range& r = ranges[static_cast<std::size_t>(k)];
+    const ubatch built = plan[k];
+    if (r.req_begin != built.req_begin || r.req_end != built.req_end) {
+      return fail(detail, errc::length_mismatch, "range ", k, " gives requests [", r.req_begin,
+                  ", ", r.req_end, ") but tokens [", r.token_begin, ", ", r.token_end, ") hold requests [",
+                  built.req_begin, ", ", built.req_end, ")");
+    }
+  }
+  bool aligned = true;
+  for (std::int32_t k = 1; k < n; ++k) {
+    const auto cut = static_cast<std::int32_t>(cuts[static_cast<std::size_t>(k)]);
+    aligned = aligned && std::binary_search(b.query_start_loc.begin(), b.query_start_loc.end(), cut);
+  }
+  const split_mode used = aligned ? split_mode::request_aligned : split_mode::token_balanced;
+  plan_builder::set(plan, n > 1 ? split_outcome::split : split_outcome::single_requested, used, used,
+                    shape.num_tokens, padded);
   return {};
 }
 
@@ -215,9 +277,18 @@ fault slice(const batch_view& b, const slice_request& r, const slice_policy& p, 
 ubatch ubatch_plan::operator[](std::int32_t k) const noexcept {
   const entry& e = entries_[static_cast<std::size_t>(k)];
   const std::size_t m = static_cast<std::size_t>(e.req_end - e.req_begin);
+  const std::size_t padded_m = m + static_cast<std::size_t>(e.empty_reqs);
   const std::int32_t* q = arena_.data() + e.arena_offset;
-  return ubatch{e.token_begin, e.token_end, e.req_begin, e.req_end, e.padded_tokens,
-                std::span<const std::int32_t>(q, m + 1), std::span<const std::int32_t>(q + m + 1, m)};
+  const std::int32_t* s = q + padded_m + 1;
+  return ubatch{e.token_begin,
+                e.token_end,
+                e.req_begin,
+                e.req_end,
+                e.padded_tokens,
+                std::span<const std::int32_t>(q, m + 1),
+                std::span<const std::int32_t>(s, m),
+                std::span<const std::int32_t>(q, padded_m + 1),
+                std::span<const std::int32_t>(s, padded_m)};
 }
 
 ubatch ubatch_plan::at(std::int32_t k) const {
@@ -246,6 +317,23 @@ void slice_batch(const batch_view& batch, const slice_request& request, const sl
 void slice_batch(const batch_view& batch, const slice_request& request, const slice_policy& policy,
                  ubatch_plan& plan, std::error_code& ec) {
   const detail::fault f = detail::slice(batch, request, policy, plan, nullptr);
+  if (f) detail::plan_builder::clear(plan);
+  ec = f ? make_error_code(f.code) : std::error_code{};
+}
+
+ubatch_plan plan_from_ranges(const batch_view& batch, std::span<const ubatch_range> ranges,
+                             std::int32_t padded_tokens) {
+  ubatch_plan plan;
+  std::string text;
+  if (const detail::fault f = detail::from_ranges(batch, ranges, padded_tokens, plan, &text)) {
+    detail::raise(f, "plan_from_ranges", text);
+  }
+  return plan;
+}
+
+void plan_from_ranges(const batch_view& batch, std::span<const ubatch_range> ranges, std::int32_t padded_tokens,
+                      ubatch_plan& plan, std::error_code& ec) {
+  const detail::fault f = detail::from_ranges(batch, ranges, padded_tokens, plan, nullptr);
   if (f) detail::plan_builder::clear(plan);
   ec = f ? make_error_code(f.code) : std::error_code{};
 }

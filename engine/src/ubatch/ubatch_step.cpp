@@ -33,6 +33,18 @@ coro::detail::driver ubatch_step::run_hooks(ubatch_step& step, std::vector<pendi
 ubatch_step::ubatch_step(std::int32_t count, timeline* trace)
     : slots_(static_cast<std::size_t>(count)), trace_(trace) {}
 
+void ubatch_step::set_order(const std::vector<std::int32_t>& order) {
+  order_ = order;
+  position_.resize(order_.size());
+  for (std::int32_t p = 0; p < count(); ++p) position_[order_[p]] = p;
+}
+
+std::int32_t ubatch_step::turn_after(std::int32_t i, std::int32_t k) const noexcept {
+  const std::int32_t n = count();
+  if (order_.empty()) return (i + k) % n;
+  return order_[(position_[i] + k) % n];
+}
+
 ubatch_step::~ubatch_step() { detach_parent(); }
 
 std::coroutine_handle<> ubatch_step::start(std::coroutine_handle<> parent, asio::any_io_executor executor,
@@ -44,7 +56,7 @@ std::coroutine_handle<> ubatch_step::start(std::coroutine_handle<> parent, asio:
     parent_slot_.assign([this](asio::cancellation_type type) { cancel_from_parent(type); });
   }
   if (slots_.empty()) return parent_;
-  return resume_slot(0);
+  return resume_slot(order_.empty() ? 0 : order_[0]);
 }
 
 void ubatch_step::cancel_from_parent(asio::cancellation_type type) noexcept {
@@ -69,7 +81,7 @@ std::coroutine_handle<> ubatch_step::resume_slot(std::int32_t j) noexcept {
 std::coroutine_handle<> ubatch_step::next_after(std::int32_t i) noexcept {
   const std::int32_t n = count();
   for (std::int32_t k = 1; k <= n; ++k) {
-    const std::int32_t j = (i + k) % n;
+    const std::int32_t j = turn_after(i, k);
     auto& s = slots_[j];
     if (s.st == state::not_started) {
       if (cancelled_) {
@@ -93,7 +105,7 @@ std::coroutine_handle<> ubatch_step::hand_over(std::int32_t i) noexcept {
   s.hooks.clear();
   try {
     hooks_ = run_hooks(*this, std::move(hooks));
-    hooks_.bind(hook_owner_, static_cast<std::size_t>(i), executor_, signal_.slot());
+    hooks_.bind(hook_owner_, static_cast<std::size_t>(i), executor_, signal_.slot(), chain_);
     return hooks_.handle();
   } catch (...) {
     // No memory for the runner's frame: the hooks cannot run, so the step
@@ -146,7 +158,7 @@ void ubatch_step::add_hook(std::int32_t registrant, coro::task<void> hook) {
   const std::int32_t n = count();
   std::int32_t target = registrant;
   for (std::int32_t k = 1; k < n; ++k) {
-    const std::int32_t j = (registrant + k) % n;
+    const std::int32_t j = turn_after(registrant, k);
     if (slots_[j].st != state::finished) {
       target = j;
       break;

@@ -5,6 +5,7 @@
 // (query row, head), lanes over tokens for the scores and over the head
 // dimension for the values, online softmax in f32.
 #include "attention_launch.hpp"
+#include "kernel_launch.hpp"
 
 #include <cuda_runtime.h>
 
@@ -73,7 +74,8 @@ __device__ __forceinline__ bool finite(float x) { return isfinite(x); }
 template <class T, int D>
 __global__ void paged_attention_kernel(kernels::paged_attention_args a) {
   constexpr int per_lane = D / warp;
-  const attention_work_item item = a.work[blockIdx.x];
+  const int w = static_cast<int>(blockIdx.x);
+  const attention_work_item item = a.work != nullptr ? a.work[w] : attention_work_item{w, 0, a.requests[w].kv_len, -1};
   const attention_request req = a.requests[item.request];
   const int j = blockIdx.y;
   if (j >= req.q_len) return;
@@ -309,6 +311,28 @@ __global__ void kv_gather_kernel(kernels::kv_gather_args a) {
   }
 }
 
+// One block per (request, query row); threads over the row's elements.
+template <class T>
+__global__ void kv_append_kernel(kernels::kv_append_args a) {
+  const attention_request req = a.requests[blockIdx.x];
+  const int j = blockIdx.y;
+  if (j >= req.q_len) return;
+  const long long p = static_cast<long long>(req.seq_len) - req.q_len + j;
+  const long long block = p / a.dcp_interleave;
+  if (block % a.dcp_world != a.dcp_rank) return;
+  const long long stride = static_cast<long long>(a.dcp_interleave) * a.dcp_world;
+  const long long l = (p / stride) * a.dcp_interleave + p % a.dcp_interleave;
+  const long long slot = static_cast<long long>(a.kv_indices[req.page_begin + l / a.page_size]) * a.page_size + l % a.page_size;
+  const long long row = static_cast<long long>(a.num_kv_heads) * a.head_dim;
+  const long long half_page = static_cast<long long>(a.page_size) * row;
+  T* dst = static_cast<T*>(a.kv_pages) + (slot / a.page_size) * 2 * half_page + (slot % a.page_size) * row;
+  const long long src = static_cast<long long>(req.q_begin + j) * row;
+  for (long long e = threadIdx.x; e < row; e += blockDim.x) {
+    dst[e] = static_cast<const T*>(a.k)[src + e];
+    dst[half_page + e] = static_cast<const T*>(a.v)[src + e];
+  }
+}
+
 template <class T>
 __global__ void fill_kernel(T* dst, T value, std::size_t count) {
   for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < count;
@@ -323,8 +347,6 @@ unsigned grid_for(long long n, int block) {
   return static_cast<unsigned>(g < 1 ? 1 : g);
 }
 
-cudaStream_t native(void* s) { return static_cast<cudaStream_t>(s); }
-
 }  // namespace
 
 int paged_attention(const kernels::paged_attention_args& a, void* stream) {
@@ -335,68 +357,69 @@ int paged_attention(const kernels::paged_attention_args& a, void* stream) {
   const bool bf16 = a.storage == gpu::data_type::bf16;
   if (a.head_dim == 64) {
     if (bf16) {
-      paged_attention_kernel<std::uint16_t, 64><<<grid, block, 0, native(stream)>>>(a);
+      return detail::launch_kernel(paged_attention_kernel<std::uint16_t, 64>, grid, block, stream, a);
     } else {
-      paged_attention_kernel<float, 64><<<grid, block, 0, native(stream)>>>(a);
+      return detail::launch_kernel(paged_attention_kernel<float, 64>, grid, block, stream, a);
     }
   } else if (a.head_dim == 128) {
     if (bf16) {
-      paged_attention_kernel<std::uint16_t, 128><<<grid, block, 0, native(stream)>>>(a);
+      return detail::launch_kernel(paged_attention_kernel<std::uint16_t, 128>, grid, block, stream, a);
     } else {
-      paged_attention_kernel<float, 128><<<grid, block, 0, native(stream)>>>(a);
+      return detail::launch_kernel(paged_attention_kernel<float, 128>, grid, block, stream, a);
     }
-  } else {
-    return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 
 int chunk_merge(const kernels::chunk_merge_args& a, void* stream) {
   if (a.num_items == 0 || a.max_q_len == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(a.num_items), static_cast<unsigned>(a.max_q_len),
                   static_cast<unsigned>((a.num_heads + warps_per_block - 1) / warps_per_block));
-  chunk_merge_kernel<<<grid, warp * warps_per_block, 0, native(stream)>>>(a);
-  return cudaGetLastError();
+  return detail::launch_kernel(chunk_merge_kernel, dim3(grid), dim3(warp * warps_per_block), stream, a);
 }
 
 int lse_merge(const kernels::lse_merge_args& a, void* stream) {
   if (a.rows == 0) return cudaSuccess;
   constexpr int block = 256;
-  lse_merge_kernel<<<grid_for(a.rows * warp, block), block, 0, native(stream)>>>(a);
-  return cudaGetLastError();
+  return detail::launch_kernel(lse_merge_kernel, dim3(grid_for(a.rows * warp, block)), dim3(block), stream, a);
 }
 
 int lse_correct(const kernels::lse_correct_args& a, void* stream) {
   const long long n = static_cast<long long>(a.num_tokens) * a.num_heads * a.head_dim;
   if (n == 0) return cudaSuccess;
-  lse_correct_kernel<<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
-  return cudaGetLastError();
+  return detail::launch_kernel(lse_correct_kernel, dim3(grid_for(n, 256)), dim3(256), stream, a);
 }
 
 int convert(const kernels::convert_args& a, void* stream) {
   if (a.count == 0) return cudaSuccess;
-  convert_kernel<<<grid_for(a.count, 256), 256, 0, native(stream)>>>(a);
-  return cudaGetLastError();
+  return detail::launch_kernel(convert_kernel, dim3(grid_for(a.count, 256)), dim3(256), stream, a);
 }
 
 int kv_scatter(const kernels::kv_scatter_args& a, void* stream) {
   const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
   if (n == 0) return cudaSuccess;
   if (gpu::size_of(a.storage) == 4) {
-    kv_scatter_kernel<std::uint32_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
-  } else {
-    kv_scatter_kernel<std::uint16_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+    return detail::launch_kernel(kv_scatter_kernel<std::uint32_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
   }
-  return cudaGetLastError();
+  return detail::launch_kernel(kv_scatter_kernel<std::uint16_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
 }
 
 int kv_gather(const kernels::kv_gather_args& a, void* stream) {
   const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
   if (n == 0) return cudaSuccess;
   if (gpu::size_of(a.storage) == 4) {
-    kv_gather_kernel<std::uint32_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+    return detail::launch_kernel(kv_gather_kernel<std::uint32_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
+  }
+  return detail::launch_kernel(kv_gather_kernel<std::uint16_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
+}
+
+int kv_append(const kernels::kv_append_args& a, void* stream) {
+  if (a.num_reqs == 0 || a.max_q_len == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(a.num_reqs), static_cast<unsigned>(a.max_q_len));
+  if (gpu::size_of(a.storage) == 4) {
+    kv_append_kernel<std::uint32_t><<<grid, 128, 0, native(stream)>>>(a);
   } else {
-    kv_gather_kernel<std::uint16_t><<<grid_for(n, 256), 256, 0, native(stream)>>>(a);
+    kv_append_kernel<std::uint16_t><<<grid, 128, 0, native(stream)>>>(a);
   }
   return cudaGetLastError();
 }
@@ -404,12 +427,17 @@ int kv_gather(const kernels::kv_gather_args& a, void* stream) {
 int fill(void* dst, std::uint64_t pattern, std::size_t pattern_bytes, std::size_t count, void* stream) {
   const unsigned grid = grid_for(static_cast<long long>(count), 256);
   switch (pattern_bytes) {
-    case 2: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint16_t*>(dst), static_cast<std::uint16_t>(pattern), count); break;
-    case 4: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint32_t*>(dst), static_cast<std::uint32_t>(pattern), count); break;
-    case 8: fill_kernel<<<grid, 256, 0, native(stream)>>>(static_cast<std::uint64_t*>(dst), pattern, count); break;
+    case 2:
+      return detail::launch_kernel(fill_kernel<std::uint16_t>, dim3(grid), dim3(256), stream,
+                                   static_cast<std::uint16_t*>(dst), static_cast<std::uint16_t>(pattern), count);
+    case 4:
+      return detail::launch_kernel(fill_kernel<std::uint32_t>, dim3(grid), dim3(256), stream,
+                                   static_cast<std::uint32_t*>(dst), static_cast<std::uint32_t>(pattern), count);
+    case 8:
+      return detail::launch_kernel(fill_kernel<std::uint64_t>, dim3(grid), dim3(256), stream,
+                                   static_cast<std::uint64_t*>(dst), pattern, count);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace cobatch::gpu::cuda::attention_launch

@@ -14,6 +14,7 @@ int lse_correct(const kernels::lse_correct_args& a, void* stream);
 int convert(const kernels::convert_args& a, void* stream);
 int kv_scatter(const kernels::kv_scatter_args& a, void* stream);
 int kv_gather(const kernels::kv_gather_args& a, void* stream);
+int kv_append(const kernels::kv_append_args& a, void* stream);
 /// Writes `count` copies of a 2-, 4- or 8-byte pattern.
 int fill(void* dst, std::uint64_t pattern, std::size_t pattern_bytes, std::size_t count, void* stream);
 }  // namespace cobatch::gpu::cuda::attention_launch

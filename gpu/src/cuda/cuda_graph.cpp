@@ -51,6 +51,12 @@ class cuda_graph_exec final : public gpu::detail::graph_exec_impl {
   }
   void launch(gpu::detail::stream_impl& s) override {
     auto& cs = as_cuda(s);
+    for (const auto& note : notes_) {
+      if (auto ec = note->before_launch()) {
+        cs.fail(ec);
+        return;
+      }
+    }
     cs.issue();
     COBATCH_CUDA_CHECK(cudaGraphLaunch(exec_, cs.get()));
     for (const auto& note : notes_) note->on_launch(cs);

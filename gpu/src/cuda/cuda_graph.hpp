@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <system_error>
 #include <vector>
 
 namespace cobatch::gpu::cuda::detail {
@@ -20,6 +21,10 @@ class cuda_stream;
 class launch_note {
  public:
   virtual ~launch_note() = default;
+  /// Asked before each launch: a failure stops the launch (the graph's
+  /// stream fails with it instead). A collective of an aborted communicator
+  /// must not run: its kernels would use what the abort freed.
+  virtual std::error_code before_launch() const noexcept = 0;
   virtual void on_launch(cuda_stream& s) const = 0;
 };
 

@@ -23,5 +23,6 @@ void lse_correct(const kernels::lse_correct_args& args, stream_ref s);
 void convert(const kernels::convert_args& args, stream_ref s);
 void kv_scatter(const kernels::kv_scatter_args& args, stream_ref s);
 void kv_gather(const kernels::kv_gather_args& args, stream_ref s);
+void kv_append(const kernels::kv_append_args& args, stream_ref s);
 
 }  // namespace cobatch::gpu::cuda::detail

@@ -92,6 +92,7 @@ void convert(const kernels::convert_args& a, stream_ref s) { note_launch(s, atte
 void kv_scatter(const kernels::kv_scatter_args& a, stream_ref s) {
   note_launch(s, attention_launch::kv_scatter(a, issue(s)));
 }
+void kv_append(const kernels::kv_append_args& a, stream_ref s) { note_launch(s, attention_launch::kv_append(a, issue(s))); }
 void kv_gather(const kernels::kv_gather_args& a, stream_ref s) { note_launch(s, attention_launch::kv_gather(a, issue(s))); }
 
 }  // namespace cobatch::gpu::cuda::detail

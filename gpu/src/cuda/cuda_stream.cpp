@@ -75,8 +75,18 @@ std::vector<upstream> cuda_stream::live_upstreams() {
 }
 
 record_scope cuda_stream::scope() {
-  return record_scope{health_, health_->issued(), live_upstreams(),
-                      capturing() ? std::vector<guard_entry>{} : live_guards()};
+  const bool in_capture = capturing();
+  record_scope s{health_, health_->issued(), live_upstreams(),
+                 in_capture ? std::vector<guard_entry>{} : live_guards()};
+  // Events recorded on one stream complete in order, and the stream's own
+  // failures land in their place, so a record may claim its position
+  // (docs/completion_reactor.md). Not inside a capture: the record happens
+  // when the graph is replayed, at a place not known here. Not when a
+  // failure is already known (a refused launch, an upstream that failed):
+  // the fence fails at once, ahead of earlier pending records, and must not
+  // be held behind them.
+  if (!in_capture && !s.failure()) s.order = {order_stream_, ++positions_};
+  return s;
 }
 
 void cuda_stream::inherit(const record_scope& from) {
@@ -135,6 +145,9 @@ std::error_code cuda_stream::error() const noexcept {
   for (const auto& g : guards_) {
     if (auto ec = g.guard->cut_short()) return ec;
   }
+  // A capturing stream has nothing running to ask about, and querying it
+  // would end its capture.
+  if (capturing()) return {};
   cudaError_t status = cudaSuccess;
   {
     relaxed_capture_mode relaxed;

@@ -79,6 +79,8 @@ class cuda_stream : public gpu::detail::stream_impl {
   // Touched only by the thread driving the stream.
   std::vector<guard_entry> guards_;
   std::vector<upstream> upstreams_;
+  const std::uint64_t order_stream_ = coro::new_order_stream();
+  std::uint64_t positions_ = 0;
 };
 
 /// A CUDA stream this backend owns: made by cuda_device::make_stream, or

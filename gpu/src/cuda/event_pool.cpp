@@ -3,6 +3,7 @@
 
 #include "cobatch/gpu/cuda/error.hpp"
 #include "device_state.hpp"
+#include "record_scope.hpp"
 
 namespace cobatch::gpu::cuda::detail {
 
@@ -21,6 +22,10 @@ std::shared_ptr<CUevent_st> event_pool::acquire() {
   }
   if (e == nullptr) {
     set_device(ordinal_);
+    // Also when a capture is open on this thread (a fence made for another
+    // stream while this thread captures): creating an event must not touch
+    // the capture.
+    relaxed_capture_mode relaxed;
     COBATCH_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   }
   // The deleter holds the pool, so an event outliving its device still has

@@ -421,17 +421,13 @@ void watch(const std::shared_ptr<comm_state>& state, detail::cuda_stream& s, std
 }
 
 /// A collective captured into a graph: each launch of the graph is watched
-/// like an eager call (its deadline counts from the launch).
+/// like an eager call (its deadline counts from the launch), and a graph
+/// whose communicator was aborted is not launched at all.
 class captured_collective final : public detail::launch_note {
  public:
   explicit captured_collective(std::shared_ptr<comm_state> state) : state_(std::move(state)) {}
-  void on_launch(detail::cuda_stream& s) const override {
-    if (auto ec = state_->failure()) {
-      s.fail(ec);
-      return;
-    }
-    watch(state_, s, nullptr);
-  }
+  std::error_code before_launch() const noexcept override { return state_->failure(); }
+  void on_launch(detail::cuda_stream& s) const override { watch(state_, s, nullptr); }
 
  private:
   std::shared_ptr<comm_state> state_;

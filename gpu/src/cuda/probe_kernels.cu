@@ -1,12 +1,11 @@
 // The probe kernels. Compiled by nvcc as C++17; the C++20 side reaches them
 // through the launchers below, which return the launch status.
 //
-// Launches go through cudaLaunchKernelEx, whose return value is this
-// launch's own status. The <<<>>> syntax returns nothing, and reading the
-// status afterwards with cudaPeekAtLastError would also report any earlier
-// error left uncleared on the thread, failing a good launch for someone
-// else's mistake.
+// Launches go through detail::launch_kernel (cudaLaunchKernelEx): each
+// returns that launch's own status (kernel_launch.hpp says why).
 #include "probe_launch.hpp"
+
+#include "kernel_launch.hpp"
 
 #include <cuda_runtime.h>
 
@@ -41,37 +40,28 @@ constexpr unsigned threads = 256;
 
 unsigned blocks_for(std::size_t n) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
-template <typename... Params, typename... Args>
-int start(void (*kernel)(Params...), unsigned blocks, unsigned block_threads, void* stream, Args... args) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(block_threads);
-  config.dynamicSmemBytes = 0;
-  config.stream = static_cast<cudaStream_t>(stream);
-  return static_cast<int>(cudaLaunchKernelEx(&config, kernel, args...));
-}
 
 }  // namespace
 
 int fma_chain(const float* in, float* out, std::size_t n, std::uint32_t iterations, void* stream) {
   if (n == 0) return 0;
-  return start(fma_chain_kernel, blocks_for(n), threads, stream, in, out, n, iterations);
+  return detail::launch_kernel(fma_chain_kernel, blocks_for(n), threads, stream, in, out, n, iterations);
 }
 
 int spin(std::uint64_t cycles, std::uint32_t* flag, std::uint32_t value, void* stream) {
-  return start(spin_kernel, 1, 32, stream, cycles, flag, value);
+  return detail::launch_kernel(spin_kernel, 1, 32, stream, cycles, flag, value);
 }
 
 int scale_copy(const float* in, float* out, std::size_t n, float scale, void* stream) {
   if (n == 0) return 0;
-  return start(scale_copy_kernel, blocks_for(n), threads, stream, in, out, n, scale);
+  return detail::launch_kernel(scale_copy_kernel, blocks_for(n), threads, stream, in, out, n, scale);
 }
 
-int empty(void* stream) { return start(empty_kernel, 1, 1, stream); }
+int empty(void* stream) { return detail::launch_kernel(empty_kernel, 1, 1, stream); }
 
 int invalid_launch(void* stream) {
   // 4096 threads per block: more than any CUDA device allows (1024).
-  return start(empty_kernel, 1, 4096, stream);
+  return detail::launch_kernel(empty_kernel, 1, 4096, stream);
 }
 
 int compiled_architectures(int* out, int capacity) {

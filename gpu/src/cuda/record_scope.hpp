@@ -100,6 +100,9 @@ struct record_scope {
   std::uint64_t ticket = 0;
   std::vector<upstream> upstreams;
   std::vector<guard_entry> guards;
+  /// The record's place on its stream (coro::fence_order), for the reactor;
+  /// none() inside a capture or when a failure is already known.
+  coro::fence_order order{};
 
   /// The first failure known so far, without asking the device.
   std::error_code failure() const noexcept;
@@ -134,6 +137,7 @@ class event_fence final : public gpu::detail::fence_impl {
   event_fence(std::shared_ptr<CUevent_st> event, record_scope scope)
       : event_(std::move(event)), scope_(std::move(scope)) {}
   coro::fence_status query() const noexcept override;
+  coro::fence_order order() const noexcept override { return scope_.order; }
 
  private:
   std::shared_ptr<CUevent_st> event_;

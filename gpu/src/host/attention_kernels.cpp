@@ -74,7 +74,7 @@ void attention_typed(const paged_attention_args& a) {
   acc.resize(d);
 
   for (std::int32_t w = 0; w < a.num_work; ++w) {
-    const attention_work_item& item = a.work[w];
+    const attention_work_item item = a.work != nullptr ? a.work[w] : attention_work_item{w, 0, a.requests[w].kv_len, -1};
     const attention_request& req = a.requests[item.request];
     const std::int32_t* req_pages = a.kv_indices + req.page_begin;
     for (std::int32_t j = 0; j < req.q_len; ++j) {
@@ -188,20 +188,31 @@ void chunk_merge(const chunk_merge_args& a) {
   }
 }
 
+// Built twice, for AVX2 with FMA and for the baseline, and chosen at load
+// time by the CPU (GCC's target_clones): the merge is a memory stream whose
+// arithmetic must keep up with memcpy's wide loads.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2,fma", "default")))
+#endif
 void lse_merge(const lse_merge_args& a) {
   const std::size_t d = static_cast<std::size_t>(a.head_dim);
   const std::int32_t n = a.num_shards;
-  // Fast path for f32 output with base-e inputs: the row is merged straight
-  // into the destination (this is the loop lse_merge_bw_ratio measures).
+  // f32 output is merged straight into the destination (the loop
+  // lse_merge_bw_ratio measures); other types through a row buffer.
   constexpr int max_stack_shards = 64;
   float weights[max_stack_shards];
+  const float* sources[max_stack_shards];
   thread_local std::vector<float> row;
   thread_local std::vector<float> heap_weights;
+  thread_local std::vector<const float*> heap_sources;
   row.resize(d);
   float* wts = weights;
+  const float** srcs = sources;
   if (n > max_stack_shards) {
     heap_weights.resize(static_cast<std::size_t>(n));
+    heap_sources.resize(static_cast<std::size_t>(n));
     wts = heap_weights.data();
+    srcs = heap_sources.data();
   }
   for (std::int64_t r = 0; r < a.rows; ++r) {
     float m = neg_inf;
@@ -216,29 +227,37 @@ void lse_merge(const lse_merge_args& a) {
     if (m == neg_inf) {
       std::fill(dst, dst + d, 0.0f);
     } else {
+      // Normalised weights of the contributing shards, then the row merged in
+      // register tiles: each shard's values are read once and the output is
+      // written once (no read-modify-write of the row per shard).
       float sum = 0.0f;
+      std::int32_t nv = 0;
       for (std::int32_t i = 0; i < n; ++i) {
-        const float w = std::isfinite(wts[i]) ? std::exp(wts[i] - m) : 0.0f;
-        wts[i] = w;
+        if (!std::isfinite(wts[i])) continue;
+        const float w = std::exp(wts[i] - m);
         sum += w;
+        wts[nv] = w;
+        srcs[nv] = a.shard_out + i * a.shard_out_stride + r * static_cast<std::int64_t>(d);
+        ++nv;
       }
       const float inv = 1.0f / sum;
-      // The first contributing shard initialises the row, so it is read and
-      // written once per shard, no zeroing pass.
-      bool first = true;
-      for (std::int32_t i = 0; i < n; ++i) {
-        if (wts[i] == 0.0f) continue;
-        const float w = wts[i] * inv;
-        const float* __restrict o = a.shard_out + i * a.shard_out_stride + r * static_cast<std::int64_t>(d);
-        float* __restrict out = dst;
-        if (first) {
-          for (std::size_t k = 0; k < d; ++k) out[k] = w * o[k];
-          first = false;
-        } else {
-          for (std::size_t k = 0; k < d; ++k) out[k] += w * o[k];
+      for (std::int32_t v = 0; v < nv; ++v) wts[v] *= inv;
+      constexpr std::size_t tile = 16;
+      std::size_t k0 = 0;
+      for (; k0 + tile <= d; k0 += tile) {
+        float acc[tile] = {};
+        for (std::int32_t v = 0; v < nv; ++v) {
+          const float w = wts[v];
+          const float* o = srcs[v] + k0;
+          for (std::size_t k = 0; k < tile; ++k) acc[k] += w * o[k];
         }
+        for (std::size_t k = 0; k < tile; ++k) dst[k0 + k] = acc[k];
       }
-      if (first) std::fill(dst, dst + d, 0.0f);  // every weight underflowed (cannot happen: the max has weight 1)
+      for (; k0 < d; ++k0) {
+        float x = 0.0f;
+        for (std::int32_t v = 0; v < nv; ++v) x += wts[v] * srcs[v][k0];
+        dst[k0] = x;
+      }
       lse = m + std::log(sum);
     }
     if (a.out_type != data_type::f32) store_row(a.out, static_cast<std::size_t>(r) * d, dst, d, a.out_type);
@@ -325,6 +344,39 @@ void gather_typed(const kv_gather_args& a) {
                           std::string("cobatch: ") + what + " over " + name_of(t) + " storage");
 }
 }  // namespace
+
+namespace {
+template <class T>
+void append_typed(const kv_append_args& a) {
+  auto* pages = static_cast<T*>(a.kv_pages);
+  const auto* k = static_cast<const T*>(a.k);
+  const auto* v = static_cast<const T*>(a.v);
+  const std::size_t row = static_cast<std::size_t>(a.num_kv_heads) * a.head_dim;
+  const std::size_t half_page = static_cast<std::size_t>(a.page_size) * row;
+  const std::int64_t stride = static_cast<std::int64_t>(a.dcp_interleave) * a.dcp_world;
+  for (std::int32_t r = 0; r < a.num_reqs; ++r) {
+    const attention_request& req = a.requests[r];
+    for (std::int32_t j = 0; j < req.q_len; ++j) {
+      const std::int64_t p = static_cast<std::int64_t>(req.seq_len) - req.q_len + j;
+      if ((p / a.dcp_interleave) % a.dcp_world != a.dcp_rank) continue;
+      const std::int64_t l = (p / stride) * a.dcp_interleave + p % a.dcp_interleave;
+      const std::size_t page = static_cast<std::size_t>(a.kv_indices[req.page_begin + l / a.page_size]);
+      T* dst = pages + page * 2 * half_page + static_cast<std::size_t>(l % a.page_size) * row;
+      const std::size_t src = static_cast<std::size_t>(req.q_begin + j) * row;
+      std::copy(k + src, k + src + row, dst);
+      std::copy(v + src, v + src + row, dst + half_page);
+    }
+  }
+}
+}  // namespace
+
+void kv_append(const kv_append_args& a) {
+  switch (size_of(a.storage)) {
+    case 4: append_typed<std::uint32_t>(a); return;
+    case 2: append_typed<std::uint16_t>(a); return;
+    default: bad_storage("kv_append", a.storage);
+  }
+}
 
 void kv_scatter(const kv_scatter_args& a) {
   switch (size_of(a.storage)) {

@@ -31,8 +31,8 @@ class capture_session {
   std::size_t markers() const noexcept { return markers_; }
 
   /// Which session and marker an event was last recorded at inside a capture.
-  void note_record(host_event* e, std::size_t marker) { recorded_[e] = marker; }
-  std::optional<std::size_t> marker_of(host_event* e) const {
+  void note_record(const event_slot* e, std::size_t marker) { recorded_[e] = marker; }
+  std::optional<std::size_t> marker_of(const event_slot* e) const {
     auto it = recorded_.find(e);
     if (it == recorded_.end()) return std::nullopt;
     return it->second;
@@ -53,7 +53,7 @@ class capture_session {
   };
   std::vector<lane_entry> lanes_;
   std::size_t markers_ = 0;
-  std::map<host_event*, std::size_t> recorded_;
+  std::map<const event_slot*, std::size_t> recorded_;  // slots kept alive by the nodes
 };
 
 }  // namespace cobatch::gpu::host

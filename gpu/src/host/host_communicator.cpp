@@ -159,18 +159,23 @@ class rendezvous {
     auto l = box.front();
     box.pop_front();
     l->taken = true;
-    cv_.notify_all();
     if (l->bytes != bytes) {
-      raise(errc::rank_mismatch, "rank " + std::to_string(from) + " sent " + std::to_string(l->bytes) +
-                                     " bytes, rank " + std::to_string(to) + " expected " + std::to_string(bytes));
+      // A protocol error, as NCCL's asynchronous error: the communicator is
+      // aborted so that every rank fails with it (the sender, which would
+      // otherwise report success, and ranks waiting at a later collective,
+      // which would otherwise wait out the timeout, or forever).
+      const std::string why = "rank " + std::to_string(from) + " sent " + std::to_string(l->bytes) + " bytes, rank " +
+                              std::to_string(to) + " expected " + std::to_string(bytes);
+      abort_locked(errc::rank_mismatch, why);
+      raise(errc::rank_mismatch, why);
     }
+    cv_.notify_all();
     std::memcpy(buf, l->data, bytes);
   }
 
   void abort(errc why) noexcept {
     std::lock_guard lock(mutex_);
-    if (!aborted_) aborted_ = why;
-    cv_.notify_all();
+    abort_locked(why, "communicator aborted");
   }
 
  private:
@@ -180,16 +185,24 @@ class rendezvous {
     if (options_.timeout.count() > 0) {
       if (!cv_.wait_for(lock, options_.timeout, done)) {
         // A rank that never arrives must not hang the others: abort all.
-        aborted_ = errc::timeout;
-        cv_.notify_all();
+        abort_locked(errc::timeout, "a rank did not arrive in time; communicator aborted");
       }
     } else {
       cv_.wait(lock, done);
     }
-    if (aborted_) {
-      raise(*aborted_, *aborted_ == errc::timeout ? "a rank did not arrive in time; communicator aborted"
-                                                  : "communicator aborted");
+    if (aborted_) raise(*aborted_, abort_reason_);
+  }
+
+  void abort_locked(errc why, const std::string& reason) noexcept {
+    if (!aborted_) {
+      aborted_ = why;
+      try {
+        abort_reason_ = reason;
+      } catch (...) {
+        // The code still says why.
+      }
     }
+    cv_.notify_all();
   }
 
   std::vector<std::byte> compute(int rank, const call& mine) const {
@@ -235,6 +248,7 @@ class rendezvous {
   bool copying_ = false;
   unsigned long generation_ = 0;
   std::optional<errc> aborted_;
+  std::string abort_reason_;  // what every rank's error says once aborted_
   std::map<std::pair<int, int>, std::deque<std::shared_ptr<letter>>> mailbox_;
 };
 

@@ -24,6 +24,11 @@ class host_fence final : public detail::fence_impl {
       default: return coro::fence_status::pending();
     }
   }
+  coro::fence_order order() const noexcept override { return order_; }
+  /// Set once, by the stream that records the fence, before anyone else sees
+  /// the fence.
+  void set_order(coro::fence_order order) noexcept { order_ = order; }
+
   /// Returns whether anyone has polled the fence, i.e. whether a sleeping
   /// poller should be woken.
   bool signal(std::error_code ec) noexcept {
@@ -44,6 +49,7 @@ class host_fence final : public detail::fence_impl {
   std::atomic<int> state_{pending};
   mutable std::atomic<bool> polled_{false};
   std::error_code error_;  // written before the release store, read after acquire
+  coro::fence_order order_{};
 };
 
 }  // namespace cobatch::gpu::host

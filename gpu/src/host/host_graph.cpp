@@ -31,14 +31,22 @@ void host_graph_exec::launch(detail::stream_impl& s) {
   auto fences = std::make_shared<launch_fences>();
   fences->markers.reserve(body_->markers);
   for (std::size_t m = 0; m < body_->markers; ++m) fences->markers.push_back(std::make_shared<host_fence>());
+  // External waits first, records second: a wait outside the graph means the
+  // event's record as it stands at launch (what the eager wait saw during the
+  // capture), never a record this replay makes later, even of the same event.
   std::vector<std::size_t> first_external(body_->lanes.size(), 0);
   for (std::size_t l = 0; l < body_->lanes.size(); ++l) {
     first_external[l] = fences->external.size();
     for (const auto& node : body_->lanes[l]) {
+      if (const auto* w = std::get_if<wait_node>(&node); w && !w->internal) {
+        fences->external.push_back(w->event->current());
+      }
+    }
+  }
+  for (const auto& lane_nodes : body_->lanes) {
+    for (const auto& node : lane_nodes) {
       if (const auto* r = std::get_if<record_node>(&node)) {
         r->event->set(fences->markers[r->marker]);  // the host can await the event at once
-      } else if (const auto* w = std::get_if<wait_node>(&node); w && !w->internal) {
-        fences->external.push_back(w->event->current_fence());
       }
     }
   }

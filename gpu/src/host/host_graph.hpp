@@ -20,13 +20,16 @@ class host_stream;
 struct work_node {
   std::shared_ptr<detail::unique_function> fn;
 };
+// Nodes own the slots of the events they name, as a CUDA graph's event nodes
+// do not need the event object: the graph may be launched after the events
+// are gone.
 struct record_node {
-  host_event* event;  // may be waited on from outside after a replay
+  std::shared_ptr<event_slot> event;  // may be waited on from outside after a replay
   std::size_t marker;
 };
 struct wait_node {
-  host_event* event;  // external: the event's fence at launch time
-  std::size_t marker;  // internal when < markers; else external
+  std::shared_ptr<event_slot> event;  // external: the event's record at launch time
+  std::size_t marker;                 // internal: the record inside the graph it joins
   bool internal;
 };
 using graph_node = std::variant<work_node, record_node, wait_node>;

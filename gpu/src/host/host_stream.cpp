@@ -15,16 +15,34 @@ host_stream::~host_stream() {
   if (owned_session_) {
     // Destroyed mid-capture: end the capture so no stream keeps a dangling
     // reference to it.
-    for (std::size_t l = 0; l < owned_session_->lane_count(); ++l) owned_session_->stream_of(l)->session_ = nullptr;
+    for (std::size_t l = 0; l < owned_session_->lane_count(); ++l) owned_session_->stream_of(l)->leave_capture();
     std::erase(live_sessions(), owned_session_.get());
   }
   push(run_stop{});
   worker_.join();
 }
 
+capture_session* host_stream::capture_of_caller(const char* what) const {
+  capture_session* session = session_.load(std::memory_order_acquire);
+  if (session != nullptr && capture_thread_.load(std::memory_order_acquire) != std::this_thread::get_id()) {
+    throw std::system_error(make_error_code(errc::capture_invalid),
+                            std::string("cobatch: host stream ") + what +
+                                " from another thread than the one capturing the stream");
+  }
+  return session;
+}
+
+void host_stream::enter_capture(capture_session* session, std::size_t lane_index) {
+  lane_ = lane_index;
+  capture_thread_.store(std::this_thread::get_id(), std::memory_order_release);
+  session_.store(session, std::memory_order_release);
+}
+
+void host_stream::leave_capture() noexcept { session_.store(nullptr, std::memory_order_release); }
+
 void host_stream::enqueue(detail::unique_function fn) {
-  if (session_) {
-    session_->nodes(lane_).push_back(work_node{std::make_shared<detail::unique_function>(std::move(fn))});
+  if (auto* session = capture_of_caller("enqueue")) {
+    session->nodes(lane_).push_back(work_node{std::make_shared<detail::unique_function>(std::move(fn))});
     return;
   }
   push(run_work{std::move(fn)});
@@ -32,45 +50,46 @@ void host_stream::enqueue(detail::unique_function fn) {
 
 void host_stream::record(detail::event_impl& e) {
   auto& ev = as_host(e);
-  if (session_) {
-    const auto marker = session_->new_marker();
-    session_->nodes(lane_).push_back(record_node{&ev, marker});
-    session_->note_record(&ev, marker);
+  if (auto* session = capture_of_caller("record")) {
+    const auto marker = session->new_marker();
+    session->nodes(lane_).push_back(record_node{ev.slot(), marker});
+    session->note_record(ev.slot().get(), marker);
     return;
   }
   auto f = std::make_shared<host_fence>();
-  ev.set(f);
-  push(run_signal{std::move(f)});
+  push_marker(f);
+  ev.set(std::move(f));
 }
 
 void host_stream::wait(const detail::event_impl& e) {
   auto& ev = as_host(e);
   // An event recorded inside a capture in progress: this stream joins that
   // capture (if it is not in it yet) and the wait becomes an internal edge.
+  capture_session* own = capture_of_caller("wait");
   if (auto* session = active_session_of(ev)) {
-    if (session_ == nullptr) {
-      session_ = session;
-      lane_ = session->join(this);
+    if (own == nullptr) {
+      own = session;
+      enter_capture(session, session->join(this));
     }
-    if (session_ == session) {
-      session_->nodes(lane_).push_back(wait_node{&ev, *session->marker_of(&ev), true});
+    if (own == session) {
+      own->nodes(lane_).push_back(wait_node{ev.slot(), *session->marker_of(ev.slot().get()), true});
       return;
     }
   }
-  if (session_) {
-    session_->nodes(lane_).push_back(wait_node{&ev, 0, false});
+  if (own != nullptr) {
+    own->nodes(lane_).push_back(wait_node{ev.slot(), 0, false});
     return;
   }
   if (auto f = ev.current_fence()) push(run_wait{std::move(f)});
 }
 
 fence host_stream::mark() {
-  if (session_) {
+  if (capture_of_caller("mark")) {
     throw std::system_error(make_error_code(errc::capture_invalid),
                             "cobatch: cannot wait for a stream while it is being captured");
   }
   auto f = std::make_shared<host_fence>();
-  push(run_signal{f});
+  push_marker(f);
   return fence(std::move(f));
 }
 
@@ -80,27 +99,42 @@ std::error_code host_stream::error() const noexcept {
 }
 
 void host_stream::begin_capture() {
-  if (session_) {
+  if (capture_of_caller("begin_capture")) {
     throw std::system_error(make_error_code(errc::capture_invalid), "cobatch: the stream is already capturing");
   }
   owned_session_ = std::make_unique<capture_session>(this);
-  session_ = owned_session_.get();
-  lane_ = 0;
-  live_sessions().push_back(session_);
+  live_sessions().push_back(owned_session_.get());
+  enter_capture(owned_session_.get(), 0);
 }
 
 graph host_stream::end_capture() {
+  capture_session* current = capture_of_caller("end_capture");
   if (!owned_session_) {
     throw std::system_error(make_error_code(errc::capture_invalid),
-                            session_ ? "cobatch: end_capture must be called on the stream that began the capture"
-                                     : "cobatch: end_capture without begin_capture");
+                            current ? "cobatch: end_capture must be called on the stream that began the capture"
+                                    : "cobatch: end_capture without begin_capture");
   }
   auto session = std::move(owned_session_);
   // The capture ends whether or not it is valid, so no stream stays stuck in it.
-  for (std::size_t l = 0; l < session->lane_count(); ++l) session->stream_of(l)->session_ = nullptr;
+  for (std::size_t l = 0; l < session->lane_count(); ++l) session->stream_of(l)->leave_capture();
   std::erase(live_sessions(), session.get());
   session->check_joined();
   return graph(std::make_unique<host_graph>(session->take(), *reactor_));
+}
+
+// The worker signals markers in queue order and a failure is sticky, so no
+// later marker leaves pending before an earlier one: markers may claim their
+// place (coro::fence_order). The position is taken under the lock that queues
+// the marker, so it is the queue's order even with several recording threads.
+void host_stream::push_marker(const std::shared_ptr<host_fence>& f) {
+  bool wake = false;
+  {
+    std::lock_guard lock(mutex_);
+    f->set_order({order_stream_, ++positions_});
+    queue_.push_back(run_signal{f});
+    wake = worker_waiting_;
+  }
+  if (wake) cv_.notify_one();
 }
 
 void host_stream::push(stream_op op) {
@@ -124,7 +158,7 @@ std::vector<capture_session*>& host_stream::live_sessions() {
 
 capture_session* host_stream::active_session_of(host_event& ev) {
   for (auto* s : live_sessions()) {
-    if (s->marker_of(&ev)) return s;
+    if (s->marker_of(ev.slot().get())) return s;
   }
   return nullptr;
 }

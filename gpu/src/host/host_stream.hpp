@@ -9,7 +9,9 @@
 
 #include "cobatch/gpu/stream.hpp"
 
+#include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -53,16 +55,26 @@ class host_stream final : public detail::stream_impl {
 
   void begin_capture() override;
   graph end_capture() override;
-  bool capturing() const noexcept override { return session_ != nullptr; }
+  bool capturing() const noexcept override { return session_.load(std::memory_order_acquire) != nullptr; }
 
   coro::completion_reactor& reactor() const noexcept override { return *reactor_; }
   void* native_handle() const noexcept override { return const_cast<host_stream*>(this); }
 
   void push(stream_op op);
+  /// Queues the signal of a marker and gives it its place on the stream.
+  void push_marker(const std::shared_ptr<host_fence>& f);
 
  private:
   static std::vector<capture_session*>& live_sessions();
   static capture_session* active_session_of(host_event& ev);
+
+  /// The capture this stream is in, if any, checking that the caller is the
+  /// thread that records it (capture is host-side bookkeeping of one thread,
+  /// as CUDA's thread-local capture mode). Throws errc::capture_invalid
+  /// naming `what` otherwise.
+  capture_session* capture_of_caller(const char* what) const;
+  void enter_capture(capture_session* session, std::size_t lane_index);
+  void leave_capture() noexcept;
 
   void fail(std::error_code ec);
   std::error_code current_error() const;
@@ -79,10 +91,16 @@ class host_stream final : public detail::stream_impl {
   std::condition_variable cv_;
   std::deque<stream_op> queue_;
   bool worker_waiting_ = false;  // guarded by mutex_
+  const std::uint64_t order_stream_ = coro::new_order_stream();
+  std::uint64_t positions_ = 0;  // guarded by mutex_
   std::error_code error_;
-  // Capture state: host-side, touched only by the thread driving the stream.
+  // The capture this stream is in, or null; read from any thread, so that an
+  // operation from another thread while a capture records can be refused.
+  std::atomic<capture_session*> session_{nullptr};
+  // Which thread records the capture (valid while session_ is set).
+  std::atomic<std::thread::id> capture_thread_{};
+  // The rest of the capture state is touched only by the capturing thread.
   std::unique_ptr<capture_session> owned_session_;  // set on the origin stream
-  capture_session* session_ = nullptr;               // the capture this stream is in
   std::size_t lane_ = 0;
   std::thread worker_;
 };

@@ -99,20 +99,6 @@ TEST_CASE("an invalid launch reaches the awaiting coroutine as a CUDA error", "[
   CHECK_NOTHROW(coro::sync_wait(f.loop, ok()));
 }
 
-TEST_CASE("a host function that throws fails the stream's later waits", "[cuda][stream][error]") {
-  fixture f;
-  auto s = f.dev.make_stream();
-  std::atomic<int> ran{0};
-  s.enqueue([&] { ran.fetch_add(1); });
-  s.enqueue([] { throw std::system_error(make_error_code(gpu::errc::out_of_memory), "test"); });
-  auto body = [&]() -> coro::task<std::error_code> {
-    auto [ec] = co_await s.async_wait(coro::as_tuple_task);
-    co_return ec;
-  };
-  CHECK(coro::sync_wait(f.loop, body()) == gpu::errc::out_of_memory);
-  CHECK(ran.load() == 1);
-}
-
 TEST_CASE("cuda_device basics: memory, priorities, events, native handles", "[cuda][device]") {
   fixture f;
   CHECK(gpu::cuda::cuda_device::count() >= 1);

@@ -71,23 +71,6 @@ TEST_CASE("a collective that fails after issuing fails its stream", "[cuda][nccl
   CHECK(w.wait_for(w.comm_stream) == remote_error);
 }
 
-TEST_CASE("an aborted collective fails the compute stream that joined it", "[cuda][nccl][join]") {
-  one_rank w;
-  auto compute = w.dev.make_stream();
-  gpu::cuda::device_buffer buf(4 * sizeof(float), w.comm_stream);
-  // The collective waits behind a long kernel, so it is unfinished when the
-  // communicator is aborted.
-  probe::spin(400'000'000, nullptr, 0, w.comm_stream);  // about 0.2 s
-  w.comm.all_reduce(buf.data(), buf.data(), 4, gpu::data_type::f32, gpu::reduce_op::sum, w.comm_stream);
-  auto reduced = w.dev.make_event();
-  w.comm_stream.record(reduced);
-  compute.wait(reduced);  // the micro-batch pattern: compute consumes the result
-  probe::empty(compute);
-  w.comm.abort();
-  CHECK(w.wait_for(compute) == gpu::errc::communicator_aborted);
-  CHECK(compute.ref().error() == gpu::errc::communicator_aborted);
-}
-
 TEST_CASE("a collective captured into a graph replays and is watched per launch", "[cuda][nccl][capture]") {
   one_rank w;
   constexpr std::size_t n = 256;

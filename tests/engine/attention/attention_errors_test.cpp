@@ -51,11 +51,11 @@ TEST_CASE("plan_attention accepts a good batch and sizes its buffers", "[engine]
   CHECK(plan.lse_elements() == 16u);
   CHECK(plan.local_kv_tokens() == 9);
   CHECK(plan.appended_tokens() == 4);
-  // Slots of this step's tokens: position 5 of request 0 is page 9 slot 1;
-  // positions 0..2 of request 1 are page 2 slots 0..2.
-  CHECK(plan.slots()[0] == 9 * 4 + 1);
-  CHECK(plan.slots()[1] == 2 * 4 + 0);
-  CHECK(plan.slots()[3] == 2 * 4 + 2);
+  CHECK(plan.requests()[0].page_begin == 0);
+  CHECK(plan.requests()[1].page_begin == 2);
+  CHECK(plan.requests()[1].kv_len == 3);
+  CHECK(plan.work_is_identity());
+  CHECK(plan.num_work_items() == 2);
   CHECK(plan.workspace().total > 0);
   const auto first = plan.id();
   plan_attention(b.cache, b.config, b.batch(), plan);

@@ -140,3 +140,24 @@ TEST_CASE("mode_set holds each mode once", "[engine][dispatch]") {
   CHECK(s == mode_set{dispatch_mode::full});
   CHECK(mode_set{}.empty());
 }
+
+TEST_CASE("a uniform key padded past the request field's range becomes relaxed, never a garbage shape",
+          "[engine][dispatch]") {
+  const std::uint32_t rung = 1u << 21;  // a legal ladder rung above max_requests
+  const auto decode = dispatch_key::uniform_decode(1000, 1, step_feature::lora);
+  const dispatch_key padded = decode.padded_to(rung);
+  CHECK(padded.is_relaxed());
+  CHECK_FALSE(padded.is_uniform_decode());
+  CHECK(padded.tokens() == rung);
+  CHECK(padded.features() == step_feature::lora);
+  CHECK(padded == dispatch_key::for_tokens(rung, step_feature::lora));
+
+  const auto spec = dispatch_key::uniform_decode(1000, 3);
+  const std::uint32_t spec_rung = 3 * (dispatch_key::max_requests + 1);  // requests would need 21 bits
+  CHECK(spec.padded_to(spec_rung) == dispatch_key::for_tokens(spec_rung));
+  // At the field's edge it still stays uniform.
+  const std::uint32_t edge = 3 * dispatch_key::max_requests;
+  CHECK(spec.padded_to(edge) == dispatch_key::uniform_decode(dispatch_key::max_requests, 3));
+  CHECK(decode.padded_to(dispatch_key::max_requests) ==
+        dispatch_key::uniform_decode(dispatch_key::max_requests, 1, step_feature::lora));
+}

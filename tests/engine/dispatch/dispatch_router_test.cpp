@@ -192,3 +192,35 @@ TEST_CASE("declared graphs come back largest first", "[engine][dispatch][router]
   CHECK(r.is_declared(dispatch_mode::piecewise, dispatch_key::for_tokens(512)));
   CHECK_FALSE(r.is_declared(dispatch_mode::full, dispatch_key::for_tokens(512)));
 }
+
+TEST_CASE("set_policy replaces the policy for the following routes", "[engine][dispatch][router][policy]") {
+  dispatch_router r(capture_ladder::standard(64), default_policy({.preference = graph_preference::piecewise_first}));
+  r.declare(dispatch_mode::full, dispatch_key::for_tokens(8));
+  r.declare(dispatch_mode::piecewise, dispatch_key::for_tokens(8));
+  const auto step = dispatch_key::mixed(8, 2);
+  CHECK(r.route(step).mode == dispatch_mode::piecewise);
+
+  // From the inlined default policy to a custom one: the custom one decides.
+  int asked = 0;
+  r.set_policy([&asked](const policy_input&) -> std::optional<dispatch_mode> {
+    ++asked;
+    return std::nullopt;
+  });
+  CHECK(r.policy().target<default_policy>() == nullptr);
+  CHECK(r.route(step).mode == dispatch_mode::eager);
+  CHECK(asked == 1);
+
+  // Back to a default policy with the other preference.
+  r.set_policy(default_policy({.preference = graph_preference::full_first}));
+  REQUIRE(r.policy().target<default_policy>() != nullptr);
+  CHECK(r.route(step).mode == dispatch_mode::full);
+  CHECK(asked == 1);  // the replaced policy is no longer asked
+
+  // An adaptive policy learns from latencies recorded after it was set.
+  r.set_policy(adaptive_policy({.explore_samples = 2, .reexplore_probability = 0}));
+  for (int i = 0; i < 8; ++i) {
+    const auto route = r.route(step);
+    r.record_latency(route, route.mode == dispatch_mode::full ? 20us : 90us);
+  }
+  CHECK(r.route(step).mode == dispatch_mode::full);
+}

@@ -176,3 +176,42 @@ TEST_CASE("streams are chosen by key hash: stable per key, spread over keys", "[
     REQUIRE(decision.entry->graph().stream == decision.stream);
   }
 }
+
+TEST_CASE("capture_ahead_on captures every declared graph on the named stream only",
+          "[engine][dispatch][dispatcher][capture_ahead]") {
+  graph_dispatcher<recorded_graph> d(standard_router(), {.streams = 2});
+  int calls = 0;
+  auto capture = capture_recorder(calls);
+  const std::size_t declared = d.router().declared().size();
+  REQUIRE(declared > 0);
+
+  CHECK(d.capture_ahead_on(stream_index{1}, capture) == declared);
+  CHECK(calls == static_cast<int>(declared));
+  CHECK(d.cache(stream_index{1}).size() == declared);
+  CHECK(d.cache(stream_index{0}).size() == 0);
+  for (const graph_key k : d.router().declared()) {
+    const auto* e = d.cache(stream_index{1}).peek(k);
+    REQUIRE(e != nullptr);
+    CHECK(e->graph().key == k);
+    CHECK(e->graph().stream == stream_index{1});  // captured for the stream it is kept on
+  }
+
+  // Already there: a second pass captures nothing.
+  CHECK(d.capture_ahead_on(stream_index{1}, capture) == 0);
+  CHECK(calls == static_cast<int>(declared));
+
+  // A step placed on that stream replays without capturing.
+  auto placed = d.dispatch(dispatch_key::uniform_decode(5, 1), {}, {stream_index{1}});
+  CHECK(placed.stream == stream_index{1});
+  CHECK_FALSE(placed.needs_capture());
+
+  // A stream the dispatcher does not have is an error naming it.
+  try {
+    d.capture_ahead_on(stream_index{2}, capture);
+    FAIL("an out-of-range stream was accepted");
+  } catch (const engine_error& e) {
+    CHECK(e.code() == errc::invalid_argument);
+    CHECK_THAT(e.what(), Catch::Contains("stream index 2"));
+  }
+  CHECK(calls == static_cast<int>(declared));
+}

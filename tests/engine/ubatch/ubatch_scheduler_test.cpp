@@ -11,6 +11,8 @@
 #include "cobatch/gpu/host/host_device.hpp"
 #include "counted.hpp"
 #include "engine_test_support.hpp"
+#include "host_fixture.hpp"
+#include "host_gate.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/error.hpp>
@@ -22,6 +24,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -35,13 +38,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
+struct fixture : test::host_fixture {
   gpu::stream_pool pool{dev};
   engine::ubatch_scheduler scheduler{dev, pool};
-  fixture() { loop.attach(reactor); }
 };
 
 // Fails the test process instead of letting a hung step hang CI.
@@ -133,16 +132,18 @@ TEST_CASE("switch_to_comm orders the comm stream after the compute stream", "[en
   std::vector<int> produced(n, 0);
   std::vector<int> seen(n, -1);
   std::vector<int> final_value(n, -1);
+  // The compute work is held until every micro-batch has enqueued its comm
+  // work: only the joins keep the comm work from reading too early.
+  test::host_gate compute_gate;
   auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
     const int i = ctx.index();
-    ctx.current_stream().enqueue([&produced, i] {
-      std::this_thread::sleep_for(3ms);  // a missing join would read 0
+    ctx.current_stream().enqueue([&produced, i, compute_gate] {
+      compute_gate.wait();
       produced[i] = 100 + i;
     });
     co_await ctx.switch_to_comm();
     ctx.current_stream().enqueue([&seen, &produced, i] {
       seen[i] = produced[i];
-      std::this_thread::sleep_for(2ms);
       produced[i] += 1000;
     });
     co_await ctx.switch_to_compute();
@@ -150,6 +151,7 @@ TEST_CASE("switch_to_comm orders the comm stream after the compute stream", "[en
   };
   auto step = [&]() -> coro::task<void> {
     co_await f.scheduler.run(n, body);
+    compute_gate.open();
     // run() joined comm into compute: awaiting compute awaits the step.
     co_await f.scheduler.compute_stream(0).async_wait(coro::use_task);
   };
@@ -183,13 +185,17 @@ TEST_CASE("an awaiting hook waits for the registrant's communication", "[engine]
   fixture f;
   std::atomic<int> received{0};
   std::vector<int> observed;
+  // The "receive" finishes only once the loop thread is free to open the
+  // gate, which it is only while the hook truly waits for the comm stream.
+  test::host_gate arrived;
   auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
     co_await ctx.switch_to_comm();
     if (ctx.index() == 0) {
-      ctx.current_stream().enqueue([&received] {
-        std::this_thread::sleep_for(5ms);
+      ctx.current_stream().enqueue([&received, arrived] {
+        arrived.wait();
         received = 42;
       });
+      asio::post(f.loop.get_executor(), [arrived] { arrived.open(); });
       gpu::stream_ref comm = ctx.current_stream();
       // vLLM's recv hook: wait for the all-to-all's data, but only once the
       // other micro-batch has enqueued its work.
@@ -239,7 +245,7 @@ TEST_CASE("a step never hangs when any micro-batch fails at any switch", "[engin
           started[i] = 1;
           for (int k = 0; k < switches_per_mb; ++k) {
             if (i == victim && k == fail_at) throw std::runtime_error("injected failure");
-            ctx.current_stream().enqueue([] { std::this_thread::sleep_for(50us); });
+            ctx.current_stream().enqueue([] {});  // work the failed step must drain
             if (k % 2 == 0) {
               co_await ctx.switch_to_comm();
             } else {
@@ -302,11 +308,16 @@ TEST_CASE("the caller's cancellation ends the step with operation_aborted", "[en
   watchdog dog(30s, "the cancelled step");
   asio::cancellation_signal cancel;
   std::vector<int> after_cancel;
+  test::host_gate device_work;
   auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
     if (ctx.index() == 0) {
-      // Long device work awaited on the host: the caller gives up meanwhile.
-      ctx.current_stream().enqueue([] { std::this_thread::sleep_for(50ms); });
-      asio::post(f.loop.get_executor(), [&cancel] { cancel.emit(asio::cancellation_type::terminal); });
+      // Device work awaited on the host: the caller gives up meanwhile, and
+      // only then does the work finish (the step drains it before throwing).
+      ctx.current_stream().enqueue([device_work] { device_work.wait(); });
+      asio::post(f.loop.get_executor(), [&cancel, device_work] {
+        cancel.emit(asio::cancellation_type::terminal);
+        device_work.open();
+      });
       co_await ctx.current_stream().async_wait(coro::use_task);
     }
     co_await ctx.yield();
@@ -393,10 +404,10 @@ TEST_CASE("a traced step records spans per micro-batch per lane", "[engine][ubat
   auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
     for (int layer = 0; layer < 2; ++layer) {
       ctx.label("attn");
-      ctx.current_stream().enqueue([] { std::this_thread::sleep_for(2ms); });
+      ctx.current_stream().enqueue([] {});
       co_await ctx.switch_to_comm();
       ctx.label("all-to-all");
-      ctx.current_stream().enqueue([] { std::this_thread::sleep_for(2ms); });
+      ctx.current_stream().enqueue([] {});
       co_await ctx.switch_to_compute();
     }
   };
@@ -482,4 +493,53 @@ TEST_CASE("async_run: the step as an initiating function, with a callback and wi
   }
   REQUIRE(error);
   CHECK_THROWS_AS(std::rethrow_exception(error), std::system_error);
+TEST_CASE("per_ubatch streams: micro-batch i runs on compute and comm stream i, joined after the step",
+          "[engine][ubatch_scheduler][per_ubatch]") {
+  test::host_fixture f;
+  auto& loop = f.loop;
+  gpu::stream_pool pool{f.dev, {.compute_streams = 2, .communication_streams = 2}};
+  engine::ubatch_scheduler scheduler{f.dev, pool, {.streams = engine::stream_assignment::per_ubatch}};
+
+  CHECK(scheduler.compute_stream(0) == pool.at(gpu::stream_role::compute, 0));
+  CHECK(scheduler.compute_stream(1) == pool.at(gpu::stream_role::compute, 1));
+  CHECK(scheduler.comm_stream(1) == pool.at(gpu::stream_role::communication, 1));
+  CHECK(scheduler.compute_stream(2) == pool.at(gpu::stream_role::compute, 0));  // modulo the pool
+
+  // Micro-batch i's comm work is held by a gate until after the step; the
+  // compute stream's next work must still come after it (the step's join).
+  std::vector<std::promise<void>> gates(2);
+  std::vector<std::shared_future<void>> opened;
+  for (auto& g : gates) opened.push_back(g.get_future().share());
+  std::vector<std::atomic<bool>> comm_done(2);
+  std::vector<gpu::stream_ref> seen_compute, seen_comm;
+  auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
+    const auto i = static_cast<std::size_t>(ctx.index());
+    seen_compute.push_back(ctx.compute_stream());
+    co_await ctx.switch_to_comm();
+    seen_comm.push_back(ctx.current_stream());
+    ctx.current_stream().enqueue([gate = opened[i], &done = comm_done[i]] {
+      gate.wait();
+      done = true;
+    });
+    co_await ctx.switch_to_compute();
+  };
+  coro::sync_wait(loop, scheduler.run(2, body));
+  REQUIRE(seen_compute.size() == 2);
+  CHECK(seen_compute[0] == scheduler.compute_stream(0));
+  CHECK(seen_compute[1] == scheduler.compute_stream(1));
+  CHECK_FALSE(seen_compute[0] == seen_compute[1]);
+  CHECK(seen_comm[0] == scheduler.comm_stream(0));
+  CHECK(seen_comm[1] == scheduler.comm_stream(1));
+
+  std::vector<int> saw_comm_done(2, -1);
+  for (std::size_t i = 0; i < 2; ++i) {
+    scheduler.compute_stream(static_cast<std::int32_t>(i)).enqueue([&, i] { saw_comm_done[i] = comm_done[i] ? 1 : 0; });
+  }
+  for (auto& g : gates) g.set_value();
+  auto wait_all = [&]() -> coro::task<void> {
+    co_await scheduler.compute_stream(0).async_wait(coro::use_task);
+    co_await scheduler.compute_stream(1).async_wait(coro::use_task);
+  };
+  coro::sync_wait(loop, wait_all());
+  CHECK(saw_comm_done == std::vector<int>{1, 1});
 }

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -266,5 +267,89 @@ TEST_CASE("memory sets a floor, timing chooses above it", "[engine][sizing]") {
         choose_ubatch_count(step_phase::decode, 1000, memory_with(100), timing, {1, 4}, ec);
     CHECK(ec == errc::no_capacity);
     CHECK(d.num_ubatches == 0);
+  }
+}
+
+TEST_CASE("memory is never said to fit a token count whose ceiling division would overflow",
+          "[engine][sizing][memory]") {
+  const activation_memory m{1'000'000'000'000, 0.8, 1};  // 8e11 bytes: 8e11 tokens per micro-batch
+  const std::int64_t huge = std::numeric_limits<std::int64_t>::max();
+  const engine_error e = thrown_by([&] { (void)fit_to_memory(huge, m, {1, 64}); });
+  CHECK(e.code() == errc::no_capacity);
+  std::error_code ec;
+  const memory_fit none = fit_to_memory(huge, m, {1, 64}, ec);
+  CHECK(ec == errc::no_capacity);
+  CHECK(none.num_ubatches == 0);
+  // choose_ubatch_count takes its floor from fit_to_memory.
+  step_timing_model timing({0.5, 1000ns, 0.25, 16'500ns});
+  CHECK(thrown_by([&] { (void)choose_ubatch_count(step_phase::decode, huge, m, timing, {1, 64}); }).code() ==
+        errc::no_capacity);
+  // Where it does fit, every micro-batch's bytes stay within the budget.
+  const std::int64_t large = huge / 2;
+  const memory_fit fit = fit_to_memory(large, m, {1, std::numeric_limits<std::int32_t>::max()});
+  CHECK(fit.bytes_per_ubatch <= fit.budget_bytes);
+  CHECK(static_cast<std::int64_t>(fit.num_ubatches) * fit.tokens_per_ubatch >= large);
+}
+
+TEST_CASE("the timing choice is closed-form: the whole int32 range of counts is decided at once",
+          "[engine][sizing][timing]") {
+  constexpr std::int32_t int32_max = std::numeric_limits<std::int32_t>::max();
+  const std::int64_t tokens = std::int64_t{1} << 40;
+  SECTION("zero overhead: more micro-batches always hide more, so the most allowed is the best effort") {
+    step_timing_model model({0.5, 0ns, 0.25, 1ns});
+    model.record({step_phase::prefill, 100, 10'000ns, 1});
+    const timing_choice c = model.choose(step_phase::prefill, tokens, {1, int32_max});
+    CHECK(c.num_ubatches == int32_max);
+    CHECK(c.reason == timing_reason::best_effort);
+  }
+  SECTION("a reachable target is met with the fewest micro-batches") {
+    step_timing_model model({0.5, 0ns, 0.5, std::chrono::nanoseconds((std::int64_t{1} << 40) * 61)});
+    model.record({step_phase::prefill, 100, 10'000ns, 1});  // 100 ns per token
+    // t(n) = 2^40 * 100 * (0.5 + 0.5/n) <= 2^40 * 61  <=>  n >= 4.55.
+    const timing_choice c = model.choose(step_phase::prefill, tokens, {1, int32_max});
+    REQUIRE(c.reason == timing_reason::target_met);
+    CHECK(c.num_ubatches == 5);
+    CHECK(*model.predict(step_phase::prefill, tokens, c.num_ubatches) <= model.options().target_step_time);
+    CHECK(*model.predict(step_phase::prefill, tokens, c.num_ubatches - 1) > model.options().target_step_time);
+  }
+}
+
+TEST_CASE("the closed-form timing choice agrees with trying every count", "[engine][sizing][timing]") {
+  std::mt19937_64 rng(20261129);
+  for (int round = 0; round < 2000; ++round) {
+    const auto pick = [&](std::int64_t lo, std::int64_t hi) {
+      return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
+    };
+    const timing_options o{0.5, std::chrono::nanoseconds(pick(0, 50'000)),
+                           static_cast<double>(pick(0, 50)) / 100.0, std::chrono::nanoseconds(pick(1, 400'000))};
+    step_timing_model model(o);
+    model.record({step_phase::decode, pick(1, 1000), std::chrono::nanoseconds(pick(0, 1'000'000)),
+                  static_cast<std::int32_t>(pick(1, 8))});
+    const std::int64_t tokens = pick(1, 5000);
+    const auto lo = static_cast<std::int32_t>(pick(1, 16));
+    const ubatch_count_limits limits{lo, static_cast<std::int32_t>(pick(lo, 80))};
+    const timing_choice got = model.choose(step_phase::decode, tokens, limits);
+
+    // Reference: the fewest counts meeting the target, else the first fastest.
+    const std::int32_t hi = static_cast<std::int32_t>(std::min<std::int64_t>(limits.max, tokens));
+    const std::int32_t first = std::min(limits.min, hi);
+    timing_choice want{first, timing_reason::best_effort, *model.predict(step_phase::decode, tokens, first)};
+    bool met = false;
+    for (std::int32_t n = first; n <= hi && !met; ++n) {
+      const fractional_ns t = *model.predict(step_phase::decode, tokens, n);
+      if (t <= o.target_step_time) {
+        want = {n, timing_reason::target_met, t};
+        met = true;
+      } else if (t < want.predicted) {
+        want = {n, timing_reason::best_effort, t};
+      }
+    }
+    INFO("round " << round << " tokens " << tokens << " limits " << limits.min << ".." << limits.max);
+    REQUIRE(got.reason == want.reason);
+    // Equal predictions may differ in the last bit between the two searches:
+    // the count must be the reference's, or predict the same time.
+    if (got.num_ubatches != want.num_ubatches) {
+      REQUIRE(ns(got.predicted) == Approx(ns(want.predicted)).epsilon(1e-12));
+    }
   }
 }

@@ -459,3 +459,68 @@ TEST_CASE("random batches keep every invariant", "[engine][slicing][property]") 
   CHECK(split_count > 100);
   CHECK(aligned_count > 20);
 }
+
+TEST_CASE("a padded uniform-decode micro-batch carries empty requests up to the graph's rows",
+          "[engine][slicing][request_padding]") {
+  // Five decode requests padded to a graph of 8 tokens, that is 8 requests.
+  const owned_batch b = owned_batch::with_context({1, 1, 1, 1, 1}, 9);
+  SECTION("split in two: the last micro-batch pads its requests") {
+    const ubatch_plan plan = slice_batch(b.view(), {2, 8}, always_split);
+    REQUIRE(plan.size() == 2);
+    // The first holds 4 real tokens and no padding: nothing to add.
+    CHECK(plan[0].padded_reqs() == 4);
+    CHECK(vec(plan[0].padded_query_start_loc) == vec(plan[0].query_start_loc));
+    CHECK(vec(plan[0].padded_seq_lens) == vec(plan[0].seq_lens));
+    // The second: 1 real request and 3 rows of padding, so 3 empty requests,
+    // as a graph captured for 4 requests expects.
+    const ubatch last = plan[1];
+    CHECK(last.num_reqs() == 1);
+    CHECK(last.padded_tokens == 4);
+    CHECK(last.padded_reqs() == 4);
+    CHECK(vec(last.padded_query_start_loc) == ints{0, 1, 1, 1, 1});
+    CHECK(vec(last.padded_seq_lens) == ints{10, 0, 0, 0});
+    // The real metadata is the padded one's prefix, unchanged.
+    CHECK(vec(last.query_start_loc) == ints{0, 1});
+    CHECK(vec(last.seq_lens) == ints{10});
+    // The padded form is a valid batch of its own.
+    const batch_shape shape = validate_batch(last.as_padded_batch());
+    CHECK(shape.num_reqs == 4);
+    CHECK(shape.num_tokens == 1);
+  }
+  SECTION("not split: the whole batch pads to the graph's requests") {
+    const ubatch_plan plan = slice_batch(b.view(), {1, 8}, always_split);
+    REQUIRE(plan.size() == 1);
+    CHECK(plan[0].padded_reqs() == 8);
+    CHECK(vec(plan[0].padded_query_start_loc) == ints{0, 1, 2, 3, 4, 5, 5, 5, 5});
+    CHECK(vec(plan[0].padded_seq_lens) == ints{10, 10, 10, 10, 10, 0, 0, 0});
+  }
+}
+
+TEST_CASE("request padding counts rows in query lengths of the uniform decode", "[engine][slicing][request_padding]") {
+  // Speculative decode: every request schedules 2 tokens. 3 requests (6
+  // tokens) padded to 10 rows: a graph for 5 requests, so 2 empty ones.
+  slice_policy spec = always_split;
+  spec.thresholds.uniform_decode_query_len = 2;
+  const owned_batch b = owned_batch::with_context({2, 2, 2}, 5);
+  const ubatch_plan plan = slice_batch(b.view(), {1, 10}, spec);
+  REQUIRE(plan.size() == 1);
+  CHECK(plan[0].padded_reqs() == 5);
+  CHECK(vec(plan[0].padded_query_start_loc) == ints{0, 2, 4, 6, 6, 6});
+  CHECK(vec(plan[0].padded_seq_lens) == ints{7, 7, 7, 0, 0});
+}
+
+TEST_CASE("batches that are not uniform decode get no padding requests", "[engine][slicing][request_padding]") {
+  // Mixed prefill and decode: padding rows go to a piecewise graph, which
+  // needs no request metadata for them.
+  const owned_batch b({3, 1, 4}, {3, 6, 4});
+  const ubatch_plan plan = slice_batch(b.view(), {1, 12}, always_split);
+  REQUIRE(plan.size() == 1);
+  CHECK(plan[0].padding() == 4);
+  CHECK(plan[0].padded_reqs() == plan[0].num_reqs());
+  CHECK(vec(plan[0].padded_query_start_loc) == vec(plan[0].query_start_loc));
+  CHECK(vec(plan[0].padded_seq_lens) == vec(plan[0].seq_lens));
+  // Uniform, but not in the decode query length the policy names.
+  const owned_batch twos = owned_batch::with_context({2, 2}, 1);
+  const ubatch_plan p2 = slice_batch(twos.view(), {1, 8}, always_split);
+  CHECK(p2[0].padded_reqs() == 2);
+}

@@ -10,6 +10,12 @@
 //     the loop is busy-waiting and cost almost no CPU when it is idle.
 // Work posted from other threads goes through a lock-free queue and wakes the
 // loop only if it is asleep.
+//
+// Threads: run(), poll() and yield() on one thread at a time; schedule(),
+// posting and stop() from any thread. Destruction: queued work is destroyed
+// unrun (a use_task completion destroyed that way frees the coroutine chain
+// waiting for it), and waits pending in the attached reactor are abandoned,
+// so the loop may be destroyed before or after its reactor. docs/lifetimes.md.
 #pragma once
 
 #include "cobatch/coro/backoff.hpp"
@@ -77,14 +83,17 @@ class run_loop : public asio::execution_context {
   explicit run_loop(options opts);
   run_loop(const run_loop&) = delete;
   run_loop& operator=(const run_loop&) = delete;
-  /// Destroys queued work without running it (as io_context does).
+  /// Destroys queued work without running it (as io_context does), and the
+  /// attached reactor's waits that would complete here (see
+  /// completion_reactor::abandon).
   ~run_loop();
 
   executor_type get_executor() noexcept;
 
   /// Polls `reactor` whenever nothing is ready, and sleeps on it: its
-  /// completions and kicks wake this loop. The reactor must outlive the loop
-  /// or be detached first. One reactor per loop.
+  /// completions and kicks wake this loop. Either may be destroyed first: the
+  /// one destroyed first detaches them (not while the other is being
+  /// destroyed on another thread). One reactor per loop, one loop per reactor.
   void attach(completion_reactor& reactor);
   void detach() noexcept;
 

@@ -26,8 +26,21 @@ namespace detail {
 class root_frame {
  public:
   struct promise_type : promise_context {
-    root_frame get_return_object() noexcept {
-      return root_frame{std::coroutine_handle<promise_type>::from_promise(*this)};
+    promise_type() = default;
+    promise_type(const promise_type&) = delete;
+    promise_type& operator=(const promise_type&) = delete;
+    // Finished or abandoned, the frame is going: the chain's handlers must
+    // not reach it any more.
+    ~promise_type() {
+      if (chain() != nullptr) {
+        chain()->finished();
+        chain()->release();
+      }
+    }
+    root_frame get_return_object() {
+      auto h = std::coroutine_handle<promise_type>::from_promise(*this);
+      set_chain(new chain_root(h));
+      return root_frame{h};
     }
     std::suspend_always initial_suspend() noexcept { return {}; }
     std::suspend_never final_suspend() noexcept { return {}; }

@@ -14,6 +14,7 @@
 #include <asio/any_io_executor.hpp>
 #include <asio/cancellation_signal.hpp>
 
+#include <atomic>
 #include <coroutine>
 #include <exception>
 #include <type_traits>
@@ -27,23 +28,64 @@ class task;
 
 namespace detail {
 
-/// What every cobatch coroutine promise carries: where completions go and
-/// where cancellation comes from. Children inherit both from their awaiter.
+/// The frame at the root of a task chain (coro::spawn's), shared by
+/// reference count with every operation the chain awaits through
+/// coro::use_task. A chain suspended on an operation whose handler is
+/// destroyed without having run (its executor was destroyed with the
+/// completion queued, as io_context destroys queued handlers) can never
+/// resume; the handler then abandons the chain, and destroying the root frame
+/// destroys every frame of the chain (each task owns its child), so nothing
+/// leaks. Abandoning happens once, whichever handler comes first.
+class chain_root {
+ public:
+  explicit chain_root(std::coroutine_handle<> root) noexcept : root_(root.address()) {}
+  chain_root(const chain_root&) = delete;
+  chain_root& operator=(const chain_root&) = delete;
+
+  void acquire() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void release() noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+  /// False once the root finished or was abandoned.
+  bool alive() const noexcept { return root_.load(std::memory_order_acquire) != nullptr; }
+  /// The root finished on its own: nothing is left to abandon.
+  void finished() noexcept { root_.store(nullptr, std::memory_order_release); }
+  /// Destroys the chain, once.
+  void abandon() noexcept {
+    if (void* root = root_.exchange(nullptr, std::memory_order_acq_rel)) {
+      std::coroutine_handle<>::from_address(root).destroy();
+    }
+  }
+
+ private:
+  ~chain_root() = default;
+  std::atomic<void*> root_;
+  std::atomic<long> refs_{1};
+};
+
+/// What every cobatch coroutine promise carries: where completions go, where
+/// cancellation comes from, and the root of its chain. Children inherit all
+/// three from their awaiter.
 class promise_context {
  public:
   const asio::any_io_executor& executor() const noexcept { return executor_; }
   asio::cancellation_slot cancellation_slot() const noexcept { return slot_; }
+  /// Null for a chain not started by coro::spawn.
+  chain_root* chain() const noexcept { return chain_; }
 
   void inherit(const promise_context& parent) {
     executor_ = parent.executor_;
     slot_ = parent.slot_;
+    chain_ = parent.chain_;
   }
   void set_executor(asio::any_io_executor ex) { executor_ = std::move(ex); }
   void set_cancellation_slot(asio::cancellation_slot slot) noexcept { slot_ = slot; }
+  void set_chain(chain_root* chain) noexcept { chain_ = chain; }
 
  private:
   asio::any_io_executor executor_;
   asio::cancellation_slot slot_;
+  chain_root* chain_ = nullptr;
 };
 
 template <typename P>

@@ -104,14 +104,41 @@ class op_awaiter<Token, Initiation, R(Args...), InitArgs...> {
     using cancellation_slot_type = asio::cancellation_slot;
 
     handler(op_awaiter* self, std::coroutine_handle<> waiter, asio::any_io_executor ex,
-            asio::cancellation_slot slot)
-        : self_(self), waiter_(waiter), executor_(std::move(ex)), slot_(slot) {}
+            asio::cancellation_slot slot, chain_root* chain)
+        : self_(self), waiter_(waiter), executor_(std::move(ex)), slot_(slot), chain_(chain) {
+      if (chain_ != nullptr) chain_->acquire();
+    }
+    handler(handler&& other) noexcept
+        : self_(other.self_),
+          waiter_(other.waiter_),
+          executor_(std::move(other.executor_)),
+          slot_(other.slot_),
+          chain_(std::exchange(other.chain_, nullptr)),
+          armed_(std::exchange(other.armed_, false)) {}
+    // One handler resumes the task: a copy could resume it after the other
+    // abandoned the chain.
+    handler(const handler&) = delete;
+    handler& operator=(const handler&) = delete;
+    handler& operator=(handler&&) = delete;
+    /// Destroyed without having run, after the operation took it: the task
+    /// can never resume, so its chain is abandoned (see chain_root). A
+    /// handler dropped by an initiation that threw is not: the exception
+    /// reaches the task instead.
+    ~handler() {
+      if (chain_ == nullptr) return;
+      if (armed_ && chain_->alive() &&
+          self_->state_.load(std::memory_order_acquire) == op_state::suspended) {
+        chain_->abandon();
+      }
+      chain_->release();
+    }
 
     executor_type get_executor() const noexcept { return executor_; }
     cancellation_slot_type get_cancellation_slot() const noexcept { return slot_; }
 
     template <typename... V>
     void operator()(V&&... values) {
+      armed_ = false;
       op_awaiter* self = self_;
       self->values_.emplace(std::forward<V>(values)...);
       // If the operation completed before await_suspend finished, let
@@ -127,6 +154,8 @@ class op_awaiter<Token, Initiation, R(Args...), InitArgs...> {
     std::coroutine_handle<> waiter_;
     asio::any_io_executor executor_;
     asio::cancellation_slot slot_;
+    chain_root* chain_;
+    bool armed_ = true;
   };
 
   bool await_ready() const noexcept { return false; }
@@ -142,7 +171,7 @@ class op_awaiter<Token, Initiation, R(Args...), InitArgs...> {
     }
     std::apply(
         [&](auto&&... a) {
-          std::move(init_)(handler{this, waiter, ctx.executor(), ctx.cancellation_slot()},
+          std::move(init_)(handler{this, waiter, ctx.executor(), ctx.cancellation_slot(), ctx.chain()},
                            std::move(a)...);
         },
         std::move(args_));

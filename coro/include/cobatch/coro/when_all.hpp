@@ -81,6 +81,13 @@ class when_all_awaiter {
 
  public:
   explicit when_all_awaiter(A... awaitables) : awaitables_(std::move(awaitables)...) {}
+  when_all_awaiter(const when_all_awaiter&) = delete;
+  when_all_awaiter& operator=(const when_all_awaiter&) = delete;
+  // Destroyed while suspended (its chain was abandoned): the parent's signal
+  // may outlive this frame, so it must not keep a handler pointing here.
+  ~when_all_awaiter() {
+    if (parent_slot_.is_connected()) parent_slot_.clear();
+  }
 
   bool await_ready() const noexcept { return count == 0; }
 
@@ -103,7 +110,10 @@ class when_all_awaiter {
   }
 
   std::tuple<when_all_value_t<A>...> await_resume() {
-    if (parent_slot_.is_connected()) parent_slot_.clear();
+    if (parent_slot_.is_connected()) {
+      parent_slot_.clear();
+      parent_slot_ = {};
+    }
     if (shared_.first_error) std::rethrow_exception(shared_.first_error);
     return take(std::index_sequence_for<A...>{});
   }
@@ -113,8 +123,12 @@ class when_all_awaiter {
   void start(std::coroutine_handle<P> parent, std::index_sequence<I...>) {
     ((children_[I] = run_child(std::move(std::get<I>(awaitables_)), std::get<I>(results_))), ...);
     asio::any_io_executor ex;
-    if constexpr (has_promise_context<P>) ex = parent.promise().executor();
-    for (std::size_t i = 0; i < count; ++i) children_[i].bind(shared_, i, ex, signals_[i].slot());
+    chain_root* chain = nullptr;
+    if constexpr (has_promise_context<P>) {
+      ex = parent.promise().executor();
+      chain = parent.promise().chain();
+    }
+    for (std::size_t i = 0; i < count; ++i) children_[i].bind(shared_, i, ex, signals_[i].slot(), chain);
     // Children may finish (and resume the parent) only after all started:
     // `remaining` holds one extra count until the loop is done. With an
     // executor, children start as queued work in order, so that they

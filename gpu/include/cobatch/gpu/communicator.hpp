@@ -81,7 +81,10 @@ class group_guard {
 };
 
 /// One rank's endpoint. Every rank must issue the same collectives in the same
-/// order; a mismatch is reported as errc::rank_mismatch on every rank's stream.
+/// order; a mismatch is reported as errc::rank_mismatch on every rank's
+/// stream (the host backend also aborts the communicator on a point-to-point
+/// size mismatch, so that the sender and bystanders fail too).
+/// Threads: one thread at a time per endpoint (its group state is host-side).
 /// Buffers must stay valid until the stream has run the collective.
 class communicator {
  public:

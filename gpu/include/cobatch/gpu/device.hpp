@@ -1,5 +1,9 @@
 // device: the factory for a backend's streams and events, and the source of
 // its memory information. One interface for the host and CUDA backends.
+//
+// Threads: make_stream, make_event and memory from any thread. Lifetime: the
+// reactor must outlive the device and everything made through it; streams,
+// events and buffers may outlive the device object. docs/lifetimes.md.
 #pragma once
 
 #include "cobatch/coro/completion_reactor.hpp"

@@ -1,6 +1,10 @@
 // event: a marker recorded on a stream. Other streams can wait on it on the
 // device (a join that blocks no host thread); coroutines can await it through
 // the completion reactor.
+//
+// Threads: query and async_wait from any thread. Lifetime: an event may be
+// destroyed while a wait on it is pending and while graphs that captured it
+// live; the device's reactor must outlive it. docs/lifetimes.md.
 #pragma once
 
 #include "cobatch/coro/completion_reactor.hpp"

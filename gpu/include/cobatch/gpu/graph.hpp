@@ -1,6 +1,14 @@
 // graph / graph_exec: a captured sequence of stream operations, and its
 // instantiated, replayable form. Replaying costs one launch on the host
 // instead of one per captured operation.
+//
+// A replay means what eager execution meant: a wait on an event recorded
+// outside the capture waits for the event's record as it stands at launch.
+// Lifetime: a graph owns what it captured (work, the events' record slots), so
+// it may outlive the streams, events and scheduler of its capture; a host
+// graph_exec owns worker streams for its side lanes and must be destroyed
+// before the reactor. Threads: launch a graph_exec from one thread at a time.
+// docs/lifetimes.md.
 #pragma once
 
 #include <cstddef>

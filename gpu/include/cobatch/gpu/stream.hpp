@@ -1,5 +1,10 @@
 // stream: an in-order queue of device work. Work on one stream runs in order;
 // work on different streams may overlap unless joined with events.
+//
+// Threads: any thread may enqueue, record, wait or mark while the stream is not
+// capturing; while it captures, only the capturing thread may (others get
+// errc::capture_invalid). Lifetime: destroying a stream waits for its work;
+// the device's reactor must outlive it. docs/lifetimes.md.
 #pragma once
 
 #include "cobatch/gpu/detail/unique_function.hpp"

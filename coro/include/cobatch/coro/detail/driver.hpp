@@ -69,15 +69,17 @@ class [[nodiscard]] driver {
   }
   ~driver() { reset(); }
 
-  /// Before the first resume: whom to report to as which index, and the
-  /// executor and cancellation slot that what the driver awaits sees.
+  /// Before the first resume: whom to report to as which index, the
+  /// executor and cancellation slot that what the driver awaits sees, and the
+  /// root of the awaiting chain (see chain_root; null outside coro::spawn).
   void bind(driver_owner& owner, std::size_t index, asio::any_io_executor executor,
-            asio::cancellation_slot slot) {
+            asio::cancellation_slot slot, chain_root* chain) {
     promise_type& p = handle_.promise();
     p.owner_ = &owner;
     p.index_ = index;
     p.set_executor(std::move(executor));
     p.set_cancellation_slot(slot);
+    p.set_chain(chain);
   }
 
   handle_type handle() const noexcept { return handle_; }

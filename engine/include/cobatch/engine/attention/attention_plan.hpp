@@ -1,10 +1,12 @@
 // attention_plan: the pure-CPU half of batch attention. plan_attention()
 // validates a step's batch (the batch_view, the page table, the head and DCP
 // configuration), deals this rank's KV shard out into balanced work chunks,
-// builds the slot mapping for appending the step's new K/V, and sizes every
-// buffer the run needs. It makes no device call and, once the plan's storage
-// has grown to the largest batch seen, allocates nothing. One plan serves
-// every layer of the step (the layers share the batch and the page table).
+// and sizes every buffer the run needs. It makes no device call and, once the
+// plan's storage has grown to the largest batch seen, allocates nothing. It
+// reads indptr but not the page indices themselves (unless they come
+// unchecked): where a step's new K/V go is found on the device, so planning
+// costs no cache miss per request. One plan serves every layer of the step
+// (the layers share the batch and the page table).
 //
 // Query rows, outputs and LSEs are laid out as the batch's tokens:
 // [num_tokens][heads][head_dim]. Request i's query row j sits at global
@@ -57,7 +59,6 @@ struct attention_workspace_layout {
   std::size_t work = 0;         ///< attention_work_item[num_work]
   std::size_t chunk_items = 0;  ///< chunk_merge_item[num_split]
   std::size_t indices = 0;      ///< int32 page indices
-  std::size_t slots = 0;        ///< int32 append slot per query token
   std::size_t partial_out = 0;  ///< f32 [partial_rows][heads][head_dim]
   std::size_t partial_lse = 0;  ///< f32 [partial_rows][heads]
   std::size_t local_out = 0;    ///< f32 [tokens][heads][head_dim] (DCP or f32 staging)
@@ -108,12 +109,18 @@ class attention_plan {
   std::span<const gpu::kernels::attention_request> requests() const noexcept {
     return {requests_.data(), static_cast<std::size_t>(shape_.num_reqs)};
   }
+  /// The work items; empty when no request is split (work_is_identity()).
   std::span<const gpu::kernels::attention_work_item> work() const noexcept { return {work_.data(), num_work_}; }
+  /// True when every request is one work item, whole: the kernels then walk
+  /// the request table and the plan builds no work list (the common case of
+  /// large batches, whose parallelism is in their requests).
+  bool work_is_identity() const noexcept { return identity_work_; }
+  /// Work items the attention kernel runs.
+  std::int32_t num_work_items() const noexcept {
+    return identity_work_ ? shape_.num_reqs : static_cast<std::int32_t>(num_work_);
+  }
   std::span<const gpu::kernels::chunk_merge_item> chunk_items() const noexcept {
     return {chunk_items_.data(), num_chunk_items_};
-  }
-  std::span<const std::int32_t> slots() const noexcept {
-    return {slots_.data(), static_cast<std::size_t>(shape_.num_tokens)};
   }
   /// The page indices, borrowed from the page table the plan was made from.
   std::span<const std::int32_t> indices() const noexcept { return indices_; }
@@ -140,10 +147,9 @@ class attention_plan {
   std::vector<gpu::kernels::attention_request> requests_;
   std::vector<gpu::kernels::attention_work_item> work_;
   std::size_t num_work_ = 0;
+  bool identity_work_ = false;
   std::vector<gpu::kernels::chunk_merge_item> chunk_items_;
   std::size_t num_chunk_items_ = 0;
-  std::vector<std::int32_t> slots_;
-  std::vector<std::int64_t> scratch_;  // per-request local KV lengths between the passes
   std::span<const std::int32_t> indices_;
 };
 

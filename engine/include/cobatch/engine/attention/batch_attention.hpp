@@ -165,6 +165,9 @@ class batch_attention {
 
  private:
   struct state;
+  void upload_tables(const attention_plan& plan, gpu::stream_ref s);
+  void enqueue_append_kernel(const attention_plan& plan, void* layer_pages, const void* k, const void* v,
+                             gpu::stream_ref s);
   gpu::device* device_;
   paged_kv_cache* cache_;
   attention_config config_;

@@ -150,16 +150,18 @@ class dispatch_key {
 
   /// This step padded to `rung` tokens. A mixed batch keeps its request
   /// count (padding tokens belong to no new request); a uniform batch gains
-  /// whole dummy requests, and when `rung` is not a multiple of its query
-  /// length it cannot stay uniform, so the relaxed key is returned. A relaxed
-  /// key stays relaxed. Precondition: tokens() <= rung <= max_tokens (a rung
-  /// of a capture ladder), so nothing is checked: this is the dispatch hot path.
+  /// whole dummy requests, and when it cannot stay uniform (`rung` is not a
+  /// multiple of its query length, or the padded request count would not fit
+  /// the request field, as for a plain decode padded past max_requests) the
+  /// relaxed key is returned: a graph for any mix of `rung` tokens serves it.
+  /// A relaxed key stays relaxed. Precondition: tokens() <= rung <= max_tokens
+  /// (a rung of a capture ladder), so only representability is decided here:
+  /// this is the dispatch hot path.
   constexpr dispatch_key padded_to(std::uint32_t rung) const noexcept {
     const std::uint64_t rest = bits_ & ~std::uint64_t{max_tokens};
     const std::uint32_t q = uniform_query_len();
     if (q == 0) return dispatch_key(rest | rung);
-    if (q == 1) return dispatch_key(pack(rung, rung, 1, features()));
-    if (rung % q != 0) return dispatch_key(pack(rung, 0, 0, features()));
+    if (rung % q != 0 || rung / q > max_requests) return dispatch_key(pack(rung, 0, 0, features()));
     return dispatch_key(pack(rung, rung / q, q, features()));
   }
 

@@ -8,7 +8,8 @@
 //   2. full graph for the relaxed key (padded tokens and features only),
 //   3. piecewise graph for the relaxed key,
 //   4. eager, unpadded.
-// Steps 1-2 are skipped when full graphs are disabled for the step. A step
+// Steps 1-2 are skipped when full graphs are disabled for the step or the full
+// mode is disabled on the router, step 3 when piecewise is. A step
 // above the ladder's largest size, or with no declared graph, runs eagerly
 // without asking the policy. Where both kinds of graph exist, the policy
 // chooses (the default policy keeps the order above).
@@ -62,6 +63,21 @@ class dispatch_router {
     return (declared_.find_or(key.bits(), 0) & mode_bit(mode)) != 0;
   }
 
+  /// Turns a graph mode back on for the following steps (the seed's
+  /// enable_mode); graphs declared for it, and graphs already captured, are
+  /// used again at once. Both graph modes start enabled. Throws
+  /// engine_error(unknown_mode) for a mode outside the enum.
+  void enable_mode(dispatch_mode mode);
+  /// Stops routing steps to a graph mode, without forgetting its declared
+  /// graphs (e.g. full graphs off while debugging a numerical mismatch, or
+  /// while their memory is reclaimed). Throws engine_error(invalid_argument)
+  /// for eager, which every step can fall back to and so cannot be disabled,
+  /// and engine_error(unknown_mode) for a mode outside the enum.
+  void disable_mode(dispatch_mode mode);
+  bool mode_enabled(dispatch_mode mode) const noexcept { return enabled_.contains(mode); }
+  /// The enabled modes; eager always among them.
+  mode_set enabled_modes() const noexcept { return enabled_; }
+
   /// Every declared graph, largest token count first (capture order).
   std::vector<graph_key> declared() const;
 
@@ -86,6 +102,7 @@ class dispatch_router {
 
   capture_ladder ladder_;
   dispatch_policy policy_;
+  mode_set enabled_{dispatch_mode::eager, dispatch_mode::piecewise, dispatch_mode::full};
   // A copy of the policy when it is the stateless default_policy, so the hot
   // path calls it directly (inlined) instead of through the erasure.
   std::optional<default_policy> static_policy_;

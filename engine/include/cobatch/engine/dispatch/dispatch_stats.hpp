@@ -1,6 +1,11 @@
 // What dispatch did: decisions per mode, the share replayed from graphs, and
 // step latency per mode as the caller measured it.
 //
+// A step is counted in a graph mode only once its graph exists: a decision
+// for a graph that is declared but not captured is "uncaptured" until it is
+// captured on use, and a step that then ran eagerly instead is an eager
+// fallback. So graph_ratio() is the share of steps that really replayed.
+//
 // Latency goes into a log-bucketed histogram (8 sub-buckets per power of two,
 // the HdrHistogram layout at 3 bits of precision): recording is a few integer
 // operations and no allocation, and percentiles come out within about 6% of
@@ -75,8 +80,27 @@ class latency_histogram {
 
 class dispatch_stats {
  public:
-  /// One dispatch decision was made in `mode`.
+  /// One step ran (or, for a decision, will run) in `mode`; for a graph mode,
+  /// its graph was in the cache or was captured for it.
   void record_dispatch(dispatch_mode mode) noexcept { ++dispatches_[index(mode)]; }
+  /// A decision chose a graph mode whose graph is not captured: not a replay
+  /// (yet). resolve_uncaptured() moves it to what the step then did.
+  void record_uncaptured() noexcept { ++uncaptured_; }
+  /// An uncaptured decision was settled: its graph was captured and replayed
+  /// (`ran` is its graph mode), or the step ran eagerly (`ran` is eager, also
+  /// counted as an eager fallback). Does nothing when none is outstanding.
+  void resolve_uncaptured(dispatch_mode ran) noexcept {
+    if (uncaptured_ == 0) return;
+    --uncaptured_;
+    record_ran(ran);
+  }
+  /// A step whose route chose a graph mode ran eagerly because the graph could
+  /// not be had (not captured and no capture function, or too large for the
+  /// cache): counted as eager and as a fallback.
+  void record_fallback() noexcept {
+    ++dispatches_[index(dispatch_mode::eager)];
+    ++fallbacks_;
+  }
 
   /// The caller measured a step dispatched in `mode`. Throws
   /// engine_error(unknown_mode) for a mode outside the enum.
@@ -84,15 +108,30 @@ class dispatch_stats {
   void record_latency(dispatch_mode mode, std::uint64_t nanoseconds);
 
   std::uint64_t dispatches(dispatch_mode mode) const noexcept { return dispatches_[index(mode)]; }
+  /// Graph decisions still waiting for their graph (decision-only dispatch
+  /// whose caller has not captured through the dispatcher).
+  std::uint64_t uncaptured() const noexcept { return uncaptured_; }
+  /// Steps routed to a graph mode that ran eagerly (see record_fallback).
+  std::uint64_t eager_fallbacks() const noexcept { return fallbacks_; }
+  /// Every counted step, uncaptured decisions included.
   std::uint64_t total_dispatches() const noexcept;
-  /// Graph replays (full and piecewise) over all dispatches; 0 before the first.
+  /// Graph replays (full and piecewise) over all dispatches, uncaptured
+  /// decisions counting as not replayed; 0 before the first.
   double graph_ratio() const noexcept;
   latency_summary latency(dispatch_mode mode) const noexcept { return latency_[index(mode)].summary(); }
   const latency_histogram& histogram(dispatch_mode mode) const noexcept { return latency_[index(mode)]; }
 
  private:
   static std::size_t index(dispatch_mode m) noexcept { return static_cast<std::size_t>(m) % dispatch_mode_count; }
+  void record_ran(dispatch_mode ran) noexcept {
+    if (ran == dispatch_mode::eager)
+      record_fallback();
+    else
+      record_dispatch(ran);
+  }
   std::array<std::uint64_t, dispatch_mode_count> dispatches_{};
+  std::uint64_t uncaptured_ = 0;
+  std::uint64_t fallbacks_ = 0;
   std::array<latency_histogram, dispatch_mode_count> latency_{};
 };
 

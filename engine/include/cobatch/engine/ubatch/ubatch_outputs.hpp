@@ -1,5 +1,5 @@
-// ubatch_outputs: the seeds' micro-batch context (iterate, record_output,
-// gather_outputs, gather_and_concat) in C++ form, for code that walks the
+// ubatch_outputs: the seeds' micro-batch context (iterate, iterate_with_data,
+// record_output, gather_outputs, gather_and_concat) in C++ form, for code that walks the
 // micro-batches of a plan itself rather than through ubatch_scheduler.
 //
 //   engine::ubatch_outputs<std::vector<float>> outputs(plan.size());
@@ -34,6 +34,33 @@ namespace cobatch::engine {
 /// iteration.
 inline coro::generator<ubatch> each_ubatch(const ubatch_plan& plan) {
   for (std::int32_t k = 0; k < plan.size(); ++k) co_yield plan[k];
+}
+
+/// A micro-batch with its rows of a per-token input: what each_ubatch_with_rows yields.
+template <class T>
+struct ubatch_with_rows {
+  std::int32_t index = 0;
+  ubatch mb;
+  token_rows<T> rows;
+};
+
+namespace detail {
+template <class T>
+coro::generator<ubatch_with_rows<T>> each_with_rows(const ubatch_plan& plan, token_rows<T> all, token_extent extent) {
+  for (std::int32_t k = 0; k < plan.size(); ++k) co_yield {k, plan[k], ubatch_rows(all, plan, k, extent)};
+}
+}  // namespace detail
+
+/// The micro-batches of `plan` with their rows of `all` (row i = token i),
+/// lazily, in order: the seed's iterate_with_data. The rows are views of
+/// `all`. Checked before the first micro-batch: throws engine_error
+/// (errc::invalid_argument) when `all` has fewer rows than the plan's
+/// tokens (padded tokens for token_extent::padded).
+template <class T>
+coro::generator<ubatch_with_rows<T>> each_ubatch_with_rows(const ubatch_plan& plan, token_rows<T> all,
+                                                           token_extent extent = token_extent::real) {
+  if (plan.size() > 0) (void)ubatch_rows(all, plan, plan.size() - 1, extent);  // the last reaches furthest
+  return detail::each_with_rows(plan, all, extent);
 }
 
 /// One output per micro-batch, recorded in any order, gathered in order.

@@ -21,6 +21,7 @@
 // yet started are not started, parked ones are resumed into the cancellation.
 #pragma once
 
+#include <cobatch/coro/shield.hpp>
 #include <cobatch/coro/spawn.hpp>
 #include <cobatch/coro/task.hpp>
 #include <cobatch/coro/detail/driver.hpp>
@@ -31,11 +32,13 @@
 #include <cobatch/gpu/event.hpp>
 #include <cobatch/gpu/stream_pool.hpp>
 
+#include <atomic>
 #include <concepts>
 #include <coroutine>
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -53,10 +56,27 @@ enum class stream_assignment : std::uint8_t {
   /// Micro-batch i uses compute stream i and comm stream i (modulo the pool):
   /// their compute may also run concurrently on the device.
   per_ubatch,
+  /// Each micro-batch, in turn order, gets the least-loaded stream of each
+  /// role (gpu::stream_pool::least_loaded), counting what the micro-batches
+  /// before it in this step were given; when the step returns, each stream it
+  /// used is charged the step's tokens there (the plan's padded tokens per
+  /// micro-batch, 1 without a plan) until the work enqueued so far on it is
+  /// done. Work of other schedulers or steps sharing the pool steers it too.
+  least_loaded,
 };
 
 struct ubatch_scheduler_options {
   stream_assignment streams = stream_assignment::shared;
+};
+
+/// Per-step options of run().
+struct ubatch_run_options {
+  /// The order in which micro-batches take turns: a permutation of
+  /// 0 .. count-1 (empty: 0, 1, ..., count-1). Turn order is also the order in
+  /// which their work reaches a shared stream, so putting decode micro-batches
+  /// first (ubatch_order.hpp: decode_first_order) lets their short kernels run
+  /// ahead of long prefill ones. Outputs stay in micro-batch order.
+  std::span<const std::int32_t> turn_order{};
 };
 
 namespace detail {
@@ -81,6 +101,12 @@ using ubatch_value_t = typename detail::ubatch_task_t<F>::value_type;
 template <class F>
 using ubatch_outputs_t = std::conditional_t<std::is_void_v<ubatch_value_t<F>>, void, std::vector<ubatch_value_t<F>>>;
 
+/// Runs micro-batched steps on a device's streams.
+///
+/// Threads: one step at a time; run() while a step runs (from another
+/// coroutine or thread) throws engine_error(invalid_argument). Lifetime: the
+/// scheduler outlives its steps, its device and pool outlive it; graphs
+/// captured from its streams may outlive it. docs/lifetimes.md.
 class ubatch_scheduler {
  public:
   /// Streams come from `pool` (compute and communication roles, with their
@@ -95,6 +121,8 @@ class ubatch_scheduler {
   void set_timeline(timeline* trace) noexcept { trace_ = trace; }
   timeline* trace() const noexcept { return trace_; }
 
+  /// The streams of micro-batch `ubatch` (with least_loaded: in the step
+  /// running now, or the last one).
   gpu::stream_ref compute_stream(std::int32_t ubatch) const noexcept;
   gpu::stream_ref comm_stream(std::int32_t ubatch) const noexcept;
 
@@ -104,19 +132,20 @@ class ubatch_scheduler {
   /// later work on the compute streams, so awaiting the compute streams
   /// awaits the whole step.
   ///
-  /// Throws engine_error (errc::invalid_argument) for count < 1 or while
-  /// another step of this scheduler runs; ubatch_error when a
+  /// Throws engine_error (errc::invalid_argument) for count < 1, while
+  /// another step of this scheduler runs, or for a turn order that is not a
+  /// permutation of the micro-batches; ubatch_error when a
   /// micro-batch failed; std::system_error (operation_aborted) when the
   /// awaiting coroutine's cancellation slot fired (terminal, partial, total).
   template <ubatch_function F>
-  coro::task<ubatch_outputs_t<F>> run(std::int32_t count, F fn) {
-    return run_impl<F>(count, nullptr, std::move(fn));
+  coro::task<ubatch_outputs_t<F>> run(std::int32_t count, F fn, ubatch_run_options options = {}) {
+    return run_impl<F>(count, nullptr, std::move(fn), options);
   }
   /// As above with one micro-batch per entry of `plan`; ctx.slice() is the
-  /// micro-batch's slice. `plan` must outlive the step.
+  /// micro-batch's slice. `plan` (and options.turn_order) must outlive the step.
   template <ubatch_function F>
-  coro::task<ubatch_outputs_t<F>> run(const ubatch_plan& plan, F fn) {
-    return run_impl<F>(plan.size(), &plan, std::move(fn));
+  coro::task<ubatch_outputs_t<F>> run(const ubatch_plan& plan, F fn, ubatch_run_options options = {}) {
+    return run_impl<F>(plan.size(), &plan, std::move(fn), options);
   }
 
   /// run() as an Asio initiating function: the micro-batches run on
@@ -153,7 +182,7 @@ class ubatch_scheduler {
 
   struct step_guard {
     ubatch_scheduler* self;
-    ~step_guard() { self->running_ = false; }
+    ~step_guard() { self->running_.store(false, std::memory_order_release); }
   };
 
   // Micro-batch ctx.index()'s driver: it reports to the step (ubatch_step
@@ -177,24 +206,29 @@ class ubatch_scheduler {
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> parent) {
       asio::any_io_executor ex;
       asio::cancellation_slot slot;
+      coro::detail::chain_root* chain = nullptr;
       if constexpr (coro::detail::has_promise_context<P>) {
         ex = parent.promise().executor();
         slot = parent.promise().cancellation_slot();
+        chain = parent.promise().chain();
       }
-      for (std::size_t i = 0; i < runners.size(); ++i) runners[i].bind(step, i, ex, step.slot());
+      for (std::size_t i = 0; i < runners.size(); ++i) runners[i].bind(step, i, ex, step.slot(), chain);
+      step.set_chain(chain);
       return step.start(parent, std::move(ex), slot);
     }
     void await_resume() const noexcept {}
   };
 
   template <class F>
-  coro::task<ubatch_outputs_t<F>> run_impl(std::int32_t count, const ubatch_plan* plan, F fn) {
+  coro::task<ubatch_outputs_t<F>> run_impl(std::int32_t count, const ubatch_plan* plan, F fn,
+                                           ubatch_run_options options) {
     using value_type = ubatch_value_t<F>;
     using slot_type = std::conditional_t<std::is_void_v<value_type>, std::optional<std::monostate>,
                                          std::optional<value_type>>;
-    begin_step(count);
+    begin_step(count, plan, options);
     step_guard guard{this};
     detail::ubatch_step step(count, trace_);
+    if (!options.turn_order.empty()) step.set_order(order_);
     std::vector<slot_type> outputs(static_cast<std::size_t>(count));
     std::deque<context_slot> contexts;
     std::vector<coro::detail::driver> runners;
@@ -213,7 +247,9 @@ class ubatch_scheduler {
     }
     co_await step_awaiter{step, runners};
     if (step.failed()) {
-      co_await drain(count);
+      // Shielded: the step must not complete while its enqueued work can
+      // still touch the caller's buffers, whatever the caller cancels now.
+      co_await coro::shield(drain(count));
       step.rethrow_if_failed();
     }
     join_streams(count);
@@ -225,7 +261,9 @@ class ubatch_scheduler {
     }
   }
 
-  void begin_step(std::int32_t count);
+  void begin_step(std::int32_t count, const ubatch_plan* plan, const ubatch_run_options& options);
+  void assign_least_loaded(std::int32_t count, const ubatch_plan* plan);
+  std::size_t stream_slot(gpu::stream_role role, std::int32_t ubatch) const noexcept;
   void join_streams(std::int32_t count);
   coro::task<void> drain(std::int32_t count);
   const std::string& compute_lane(std::int32_t i) const noexcept;
@@ -235,11 +273,18 @@ class ubatch_scheduler {
   gpu::stream_pool* pool_;
   ubatch_scheduler_options options_;
   timeline* trace_ = nullptr;
-  bool running_ = false;
+  // Taken with an exchange, so that run() from a second thread while a step
+  // runs fails with errc::invalid_argument instead of racing on the events.
+  std::atomic<bool> running_{false};
   std::vector<gpu::event> compute_done_;
   std::vector<gpu::event> comm_done_;
   std::vector<std::string> compute_lanes_;
   std::vector<std::string> comm_lanes_;
+  std::vector<std::int32_t> order_;
+  // least_loaded: this step's stream index per micro-batch, and its weight.
+  std::vector<std::size_t> compute_assigned_;
+  std::vector<std::size_t> comm_assigned_;
+  std::vector<std::uint64_t> weights_;
 };
 
 }  // namespace cobatch::engine

@@ -86,12 +86,26 @@ struct ubatch {
   /// where they come after it, from its seq_len.
   std::span<const std::int32_t> query_start_loc;
   std::span<const std::int32_t> seq_lens;
+  /// The same metadata padded for a graph captured for padded_reqs()
+  /// requests: in a uniform-decode batch (every query uniform_decode_query_len
+  /// long) the padding rows count as ceil(padding() / query_len) empty
+  /// requests, with query_start_loc repeating its last offset (query length
+  /// 0, keeping it non-decreasing as attention kernels require) and seq_len
+  /// 0. They extend query_start_loc and seq_lens, which are their prefixes;
+  /// in any other batch they are equal to them.
+  std::span<const std::int32_t> padded_query_start_loc;
+  std::span<const std::int32_t> padded_seq_lens;
 
   constexpr std::int32_t real_tokens() const noexcept { return token_end - token_begin; }
   constexpr std::int32_t padding() const noexcept { return padded_tokens - real_tokens(); }
   constexpr std::int32_t num_reqs() const noexcept { return req_end - req_begin; }
+  /// Requests including the empty ones that pad it; >= num_reqs().
+  constexpr std::int32_t padded_reqs() const noexcept { return static_cast<std::int32_t>(padded_seq_lens.size()); }
   /// This micro-batch's metadata as a batch of its own.
   batch_view as_batch() const noexcept { return {query_start_loc, seq_lens, real_tokens()}; }
+  /// As above with the padding requests: what a graph captured for
+  /// padded_reqs() requests replays with.
+  batch_view as_padded_batch() const noexcept { return {padded_query_start_loc, padded_seq_lens, real_tokens()}; }
 };
 
 namespace detail {
@@ -128,7 +142,8 @@ class ubatch_plan {
   friend struct detail::plan_builder;
   struct entry {
     std::int32_t token_begin, token_end, req_begin, req_end, padded_tokens;
-    std::int32_t arena_offset;  // query_start_loc, then seq_lens
+    std::int32_t empty_reqs;    // requests that pad it (uniform decode only)
+    std::int32_t arena_offset;  // padded query_start_loc, then padded seq_lens
   };
   std::vector<entry> entries_;
   std::vector<std::int32_t> arena_;
@@ -162,6 +177,39 @@ void slice_batch(const batch_view& batch, const slice_request& request, const sl
 /// instead of throwing. Only allocation failure still throws.
 void slice_batch(const batch_view& batch, const slice_request& request, const slice_policy& policy,
                  ubatch_plan& plan, std::error_code& ec);
+
+/// A micro-batch given by hand: tokens [token_begin, token_end) and the
+/// requests [req_begin, req_end) that have tokens there (the seed's
+/// UBatchSlice.from_range).
+struct ubatch_range {
+  std::int32_t token_begin = 0;
+  std::int32_t token_end = 0;
+  std::int32_t req_begin = 0;
+  std::int32_t req_end = 0;
+};
+
+/// A plan whose cuts are given rather than chosen: for a caller that places
+/// cuts itself (to match another rank's split, or a layout it owns). The
+/// result is a plan like slice_batch's, with each micro-batch's metadata
+/// built the same way (a straddling request appears in both micro-batches),
+/// and the last micro-batch padded to `padded_tokens`. outcome() is split for
+/// more than one range, single_requested for one; mode() is request_aligned
+/// when every cut falls between requests, token_balanced otherwise.
+///
+/// Checked as planned slices are, before anything is built; engine_error:
+/// - errc::empty_batch: no ranges;
+/// - errc::invalid_argument: ranges that do not start at token 0, leave a gap
+///   or overlap, end before the batch's last token or past it, or a range
+///   without real tokens; padded_tokens < num_tokens;
+/// - errc::length_mismatch: a request range that is not the one the token
+///   range holds (naming both);
+/// - any error of validate_batch.
+ubatch_plan plan_from_ranges(const batch_view& batch, std::span<const ubatch_range> ranges,
+                             std::int32_t padded_tokens);
+/// As above, into `plan` (reusing its storage), reporting failure through
+/// `ec` and leaving `plan` empty. Only allocation failure still throws.
+void plan_from_ranges(const batch_view& batch, std::span<const ubatch_range> ranges, std::int32_t padded_tokens,
+                      ubatch_plan& plan, std::error_code& ec);
 
 /// Which of a micro-batch's token rows a view should cover.
 enum class token_extent : std::uint8_t {

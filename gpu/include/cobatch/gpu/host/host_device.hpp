@@ -3,6 +3,10 @@
 // events are fences; graphs record and replay stream work; communicators
 // connect ranks living in one process. Every CPU test and the overlap
 // benchmarks run on it, and so can users without GPUs.
+//
+// Lifetimes and threads as in docs/lifetimes.md: the reactor outlives the
+// device and its streams, events and graph execs (a stream worker kicks the
+// reactor when it signals a polled fence); buffers may outlive the device.
 #pragma once
 
 #include "cobatch/gpu/communicator.hpp"

@@ -51,6 +51,8 @@ struct paged_attention_args {
   std::int32_t dcp_interleave = 1;
   const std::int32_t* kv_indices = nullptr;  ///< pages of every request, back to back
   const attention_request* requests = nullptr;
+  /// Null: no request is split, and work item w is request w whole
+  /// ({w, 0, kv_len, -1}), with num_work == the number of requests.
   const attention_work_item* work = nullptr;
   std::int32_t num_work = 0;
   std::int32_t num_tokens = 0;
@@ -145,6 +147,29 @@ struct kv_scatter_args {
   std::int64_t row_stride = 0; ///< elements between rows
   const std::int32_t* slots = nullptr;
   std::int32_t num_rows = 0;
+};
+
+/// Appends a step's new K/V rows (one per query row) into one layer's pool:
+/// query row j of a request is global token seq_len - q_len + j, written when
+/// this rank's DCP shard owns it, at the slot its page table gives. The slot
+/// is found on the device, so that planning never reads the page indices
+/// (a cache miss per request on the host).
+struct kv_append_args {
+  data_type storage = data_type::f32;
+  void* kv_pages = nullptr;
+  std::int32_t num_pages = 0;
+  std::int32_t page_size = 0;
+  std::int32_t num_kv_heads = 0;
+  std::int32_t head_dim = 0;
+  const void* k = nullptr;  ///< [num_tokens][num_kv_heads][head_dim]
+  const void* v = nullptr;
+  const attention_request* requests = nullptr;
+  std::int32_t num_reqs = 0;
+  std::int32_t max_q_len = 0;
+  const std::int32_t* kv_indices = nullptr;
+  std::int32_t dcp_world = 1;
+  std::int32_t dcp_rank = 0;
+  std::int32_t dcp_interleave = 1;
 };
 
 /// Reads token rows out of one layer's pool (the sending end of a hand-off).

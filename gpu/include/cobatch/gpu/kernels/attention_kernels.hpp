@@ -37,6 +37,7 @@ void enqueue_lse_correct(backend_kind backend, const lse_correct_args& args, str
 void enqueue_convert(backend_kind backend, const convert_args& args, stream_ref s);
 void enqueue_kv_scatter(backend_kind backend, const kv_scatter_args& args, stream_ref s);
 void enqueue_kv_gather(backend_kind backend, const kv_gather_args& args, stream_ref s);
+void enqueue_kv_append(backend_kind backend, const kv_append_args& args, stream_ref s);
 
 /// The host kernels, run on the calling thread (the reference the tests and
 /// the merge benchmark call directly).
@@ -48,6 +49,7 @@ void lse_correct(const lse_correct_args& args);
 void convert(const convert_args& args);
 void kv_scatter(const kv_scatter_args& args);
 void kv_gather(const kv_gather_args& args);
+void kv_append(const kv_append_args& args);
 }  // namespace host
 
 }  // namespace cobatch::gpu::kernels

@@ -36,6 +36,10 @@ class ubatch_step final : public coro::detail::driver_owner {
 
   std::int32_t count() const noexcept { return static_cast<std::int32_t>(slots_.size()); }
 
+  /// The order in which micro-batches take turns: a permutation of
+  /// 0 .. count-1 (0, 1, ... by default), validated by the scheduler.
+  void set_order(const std::vector<std::int32_t>& order);
+
   /// Micro-batch i's coroutine, suspended before its first statement.
   void set_runner(std::int32_t i, std::coroutine_handle<> h) noexcept { slots_[i].handle = h; }
 
@@ -78,6 +82,9 @@ class ubatch_step final : public coro::detail::driver_owner {
   bool cancelled() const noexcept { return cancelled_; }
   std::int32_t switches(std::int32_t i) const noexcept { return slots_[i].switches; }
   const asio::any_io_executor& executor() const noexcept { return executor_; }
+  /// The awaiting chain's root, handed to the coroutines the step starts (see
+  /// coro::detail::chain_root).
+  void set_chain(coro::detail::chain_root* chain) noexcept { chain_ = chain; }
   /// The slot the running micro-batch's Asio operations connect to: only one
   /// micro-batch runs at a time, so one signal serves all.
   asio::cancellation_slot slot() noexcept { return signal_.slot(); }
@@ -117,14 +124,20 @@ class ubatch_step final : public coro::detail::driver_owner {
   /// Runs i's hooks (if any), then hands over to next_after(i).
   std::coroutine_handle<> hand_over(std::int32_t i) noexcept;
   std::coroutine_handle<> next_after(std::int32_t i) noexcept;
+  /// The micro-batch k turns after i.
+  std::int32_t turn_after(std::int32_t i, std::int32_t k) const noexcept;
   std::coroutine_handle<> resume_slot(std::int32_t j) noexcept;
   void trace_host_span(std::int32_t i, const char* label) noexcept;
   void cancel_from_parent(asio::cancellation_type type) noexcept;
 
   std::vector<slot_state> slots_;
+  // Turn order; empty for 0, 1, ..., N-1.
+  std::vector<std::int32_t> order_;     // turn position -> micro-batch
+  std::vector<std::int32_t> position_;  // micro-batch -> turn position
   timeline* trace_;
   std::coroutine_handle<> parent_;
   asio::any_io_executor executor_;
+  coro::detail::chain_root* chain_ = nullptr;
   asio::cancellation_slot parent_slot_;
   asio::cancellation_signal signal_;
   std::exception_ptr error_;

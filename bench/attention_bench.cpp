@@ -1,0 +1,160 @@
+// Batch attention on the host: the cost of planning a step (pure CPU, every
+// step, so it must stay far below a decode step) and the host LSE merge's
+// memory throughput against memcpy's on the same bytes in the same run.
+#include <cobatch/engine/attention/attention_plan.hpp>
+#include <cobatch/engine/attention/lse.hpp>
+#include <cobatch/engine/attention/page_table.hpp>
+#include <cobatch/gpu/kernels/attention_kernels.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace {
+
+using namespace cobatch;
+using namespace cobatch::engine;
+
+// 4096 requests, fixed seed, page size 16, contexts uniform in [1, 32768]:
+// 15 in 16 decode (1 query token; every fourth of them speculative, 1 + 3),
+// the rest prefill chunks of 16 to 64 tokens against their cached prefix.
+// About 12k tokens and 4.2M KV tokens (262k pages), all on one rank.
+struct plan_batch {
+  kv_cache_config cache;
+  attention_config config;
+  std::vector<std::int32_t> qsl{0};
+  std::vector<std::int32_t> seq;
+  page_table table{1};
+
+  plan_batch() {
+    std::mt19937 rng(32768u);
+    std::uniform_int_distribution<int> kind(0, 15), chunk(16, 64), context(1, 32768);
+    std::int64_t pages = 0;
+    std::vector<std::int32_t> lens;
+    for (int i = 0; i < 4096; ++i) {
+      const int k = kind(rng);
+      const std::int32_t q = k == 0 ? chunk(rng) : (k % 4 == 1 ? 4 : 1);
+      const std::int32_t s = std::max(q, context(rng));
+      qsl.push_back(qsl.back() + q);
+      seq.push_back(s);
+      pages += (s + 15) / 16;
+    }
+    cache = {1, static_cast<std::int32_t>(pages), 16, 8, 128, gpu::data_type::bf16};
+    config.num_qo_heads = 32;
+    config.softmax_scale = 0.088388f;
+    table = page_table(cache.num_pages);
+    table.reserve(4096, static_cast<std::size_t>(pages));
+    std::vector<std::int32_t> mine;
+    std::int32_t next = 0;
+    for (std::int32_t s : seq) {
+      mine.clear();
+      for (std::int32_t p = 0; p < (s + 15) / 16; ++p) mine.push_back(next++);
+      table.add_request(mine);
+    }
+  }
+  attention_batch view() const { return {{qsl, seq, qsl.back()}, table.view()}; }
+};
+
+const plan_batch& batch() {
+  static const plan_batch b;
+  return b;
+}
+
+// A warm plan (its storage grown by the first call): what an engine pays per
+// step. The page table comes from page_table, whose indices were checked when
+// the pages were handed out.
+void BM_attn_plan_4096(benchmark::State& state) {
+  const plan_batch& b = batch();
+  const attention_batch view = b.view();
+  attention_plan plan;
+  plan_attention(b.cache, b.config, view, plan);
+  for (auto _ : state) {
+    plan_attention(b.cache, b.config, view, plan);
+    benchmark::DoNotOptimize(plan.id());
+  }
+  state.counters["requests"] = plan.num_reqs();
+  state.counters["tokens"] = plan.num_tokens();
+  state.counters["work_items"] = plan.num_work_items();
+  state.counters["kv_tokens"] = static_cast<double>(plan.local_kv_tokens());
+}
+BENCHMARK(BM_attn_plan_4096)->Unit(benchmark::kNanosecond);
+
+// The same batch with a borrowed page table: every page index is checked.
+void BM_attn_plan_4096_raw_table(benchmark::State& state) {
+  const plan_batch& b = batch();
+  const auto v = b.table.view();
+  const attention_batch view{{b.qsl, b.seq, b.qsl.back()}, page_table_view(v.indptr(), v.indices())};
+  attention_plan plan;
+  plan_attention(b.cache, b.config, view, plan);
+  for (auto _ : state) {
+    plan_attention(b.cache, b.config, view, plan);
+    benchmark::DoNotOptimize(plan.id());
+  }
+}
+BENCHMARK(BM_attn_plan_4096_raw_table)->Unit(benchmark::kMicrosecond);
+
+// 8 shards (DCP ranks), 4096 tokens x 32 heads rows, head dim 128, f32.
+struct merge_data {
+  static constexpr std::int32_t shards = 8;
+  static constexpr std::int64_t rows = 4096 * 32;
+  static constexpr std::int32_t d = 128;
+  std::vector<float> out, lse, merged, merged_lse;
+  merge_data() {
+    std::mt19937 rng(8);
+    std::uniform_real_distribution<float> val(-1.0f, 1.0f), l(-10.0f, 10.0f);
+    out.resize(static_cast<std::size_t>(shards * rows * d));
+    lse.resize(static_cast<std::size_t>(shards * rows));
+    for (auto& x : out) x = val(rng);
+    for (auto& x : lse) x = l(rng);
+    merged.resize(static_cast<std::size_t>(rows * d));
+    merged_lse.resize(static_cast<std::size_t>(rows));
+  }
+  std::size_t bytes_read() const { return (out.size() + lse.size()) * sizeof(float); }
+  std::size_t bytes_written() const { return (merged.size() + merged_lse.size()) * sizeof(float); }
+};
+
+merge_data& merge() {
+  static merge_data m;
+  return m;
+}
+
+void BM_lse_merge_host(benchmark::State& state) {
+  merge_data& m = merge();
+  gpu::kernels::lse_merge_args a;
+  a.num_shards = merge_data::shards;
+  a.rows = merge_data::rows;
+  a.head_dim = merge_data::d;
+  a.shard_out = m.out.data();
+  a.shard_out_stride = merge_data::rows * merge_data::d;
+  a.shard_lse = m.lse.data();
+  a.shard_lse_stride = merge_data::rows;
+  a.out = m.merged.data();
+  a.out_lse = m.merged_lse.data();
+  for (auto _ : state) {
+    gpu::kernels::host::lse_merge(a);
+    benchmark::ClobberMemory();
+  }
+  const double bytes = static_cast<double>(m.bytes_read() + m.bytes_written());
+  state.counters["gbps"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_lse_merge_host)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// memcpy of as many bytes as the merge moves (half read, half written), one
+// thread: the memory system's throughput the merge is compared with.
+void BM_lse_merge_memcpy(benchmark::State& state) {
+  merge_data& m = merge();
+  const std::size_t half = (m.bytes_read() + m.bytes_written()) / 2;
+  static std::vector<std::byte> src(half, std::byte{1}), dst(half);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), half);
+    benchmark::ClobberMemory();
+  }
+  state.counters["gbps"] = benchmark::Counter(2.0 * static_cast<double>(half) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_lse_merge_memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace

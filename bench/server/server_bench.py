@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Benchmarks of cobatch_server on loopback, bounded in time.
+
+    server_bench.py --server build/examples/server/cobatch_server --out build/bench/server.json
+
+- health_rps: GET /health with wrk, 64 connections, 2 threads.
+- server_batching_gain: generated tokens per second with 64 concurrent
+  clients (wrk, non-streaming completions) over the same with 1 client.
+- server_p99_ttft_ms: time to first streamed token at 64 concurrent
+  streaming clients (an asyncio client on raw sockets, keep-alive), p99.
+- server_errors: answers that are neither 200 nor 503, plus socket errors,
+  over every run above.
+
+Writes the figures as JSON for bench/summarize.py. Python 3 standard library
+and wrk only.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def start_server(binary, args):
+    proc = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
+    m = re.search(r"listening on http://[^:]+:(\d+) model=(\S+)", line)
+    if not m:
+        proc.kill()
+        raise SystemExit(f"server_bench: the server did not start: {line!r}")
+    return proc, int(m.group(1)), m.group(2)
+
+
+def stop_server(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return None
+
+
+def wrk(args, env=None, timeout=120):
+    r = subprocess.run(["wrk", *args], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    if r.returncode != 0:
+        raise SystemExit(f"server_bench: wrk failed: {r.stderr}")
+    return r.stdout
+
+
+def health_rps(port, seconds):
+    out = wrk(["-t2", "-c64", f"-d{seconds}s", f"http://127.0.0.1:{port}/health"])
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return rps, errors, out
+
+
+def tokens_per_second(port, model, clients, seconds, max_tokens):
+    body = json.dumps({"model": model, "prompt": "Once upon a time",
+                       "max_tokens": max_tokens, "temperature": 0})
+    threads = min(2, clients)
+    out = wrk([f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "60s",
+               "-s", os.path.join(HERE, "completions.lua"), f"http://127.0.0.1:{port}/v1/completions"],
+              env={"COBATCH_BENCH_BODY": body}, timeout=seconds + 120)
+    m = re.search(r"COBATCH tokens=(\d+) errors=(\d+) overloaded=(\d+) socket_errors=(\d+) requests=(\d+) "
+                  r"duration_us=(\d+)", out)
+    if not m:
+        raise SystemExit(f"server_bench: no COBATCH line from wrk:\n{out}")
+    tokens, errors, overloaded, socket_errors, requests, duration_us = map(int, m.groups())
+    return {"tokens_per_s": tokens / (duration_us / 1e6), "errors": errors + socket_errors,
+            "overloaded": overloaded, "requests": requests}
+
+
+async def stream_client(port, body, deadline, ttfts, tally):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = (f"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    try:
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            writer.write(request)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            if status != 200:
+                length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+                await reader.readexactly(length)
+                tally["overloaded" if status == 503 else "errors"] += 1
+                continue
+            first = True
+            while True:  # chunked body: size line, data, CRLF
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                data = await reader.readexactly(size + 2)
+                if first and b"data: {" in data:
+                    ttfts.append(time.monotonic() - t0)
+                    first = False
+                if size == 0:
+                    break
+            tally["requests"] += 1
+    except (asyncio.IncompleteReadError, ConnectionError) as e:
+        tally["errors"] += 1
+        tally["last_error"] = repr(e)
+    finally:
+        writer.close()
+
+
+def p99_ttft(port, model, clients, seconds, max_tokens):
+    body = json.dumps({"model": model, "prompt": "Time to first token, measured. ", "max_tokens": max_tokens,
+                       "temperature": 0.7, "stream": True}).encode()
+    ttfts, tally = [], {"requests": 0, "errors": 0, "overloaded": 0}
+
+    async def run():
+        deadline = time.monotonic() + seconds
+        await asyncio.wait_for(asyncio.gather(*(stream_client(port, body, deadline, ttfts, tally)
+                                                for _ in range(clients))), timeout=seconds + 120)
+
+    asyncio.run(run())
+    ttfts.sort()
+    p99 = ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] if ttfts else None
+    return {"p99_ms": p99 * 1e3 if p99 is not None else None,
+            "median_ms": statistics.median(ttfts) * 1e3 if ttfts else None,
+            "samples": len(ttfts), **tally}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--server-arg", action="append", default=[])
+    args = ap.parse_args()
+
+    proc, port, model = start_server(os.path.abspath(args.server), ["--max-queue", "1024", *args.server_arg])
+    result = {"server_args": args.server_arg, "seconds": args.seconds, "max_tokens": args.max_tokens}
+    try:
+        rps, health_errors, _ = health_rps(port, args.seconds)
+        result["health_rps"] = rps
+        print(f"health_rps            {rps:.0f} req/s (64 connections)", flush=True)
+        one = tokens_per_second(port, model, 1, args.seconds, args.max_tokens)
+        print(f"tokens/s, 1 client    {one['tokens_per_s']:.1f}", flush=True)
+        many = tokens_per_second(port, model, 64, args.seconds, args.max_tokens)
+        print(f"tokens/s, 64 clients  {many['tokens_per_s']:.1f}", flush=True)
+        result["server_tokens_per_s_1"] = one["tokens_per_s"]
+        result["server_tokens_per_s_64"] = many["tokens_per_s"]
+        result["server_batching_gain"] = many["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else None
+        ttft = p99_ttft(port, model, 64, args.seconds, args.max_tokens)
+        result["server_p99_ttft_ms"] = ttft["p99_ms"]
+        result["server_median_ttft_ms"] = ttft["median_ms"]
+        result["server_ttft_samples"] = ttft["samples"]
+        print(f"ttft at 64 clients    p99 {ttft['p99_ms']:.1f} ms, median {ttft['median_ms']:.1f} ms "
+              f"({ttft['samples']} requests)", flush=True)
+        result["server_errors"] = health_errors + one["errors"] + many["errors"] + ttft["errors"]
+        result["server_overloaded"] = one["overloaded"] + many["overloaded"] + ttft["overloaded"]
+        print(f"errors                {result['server_errors']} (503s: {result['server_overloaded']})", flush=True)
+    finally:
+        result["server_exit_status"] = stop_server(proc)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    return 0 if result["server_exit_status"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
