@@ -493,6 +493,8 @@ TEST_CASE("async_run: the step as an initiating function, with a callback and wi
   }
   REQUIRE(error);
   CHECK_THROWS_AS(std::rethrow_exception(error), std::system_error);
+}
+
 TEST_CASE("per_ubatch streams: micro-batch i runs on compute and comm stream i, joined after the step",
           "[engine][ubatch_scheduler][per_ubatch]") {
   test::host_fixture f;
