@@ -50,5 +50,7 @@ fault fail(std::string* detail, errc code, const Parts&... parts) {
 [[noreturn]] inline void raise(fault f, std::string_view api, const std::string& detail) {
   throw_engine_error(f.code, cat(api, ": ", detail));
 }
+/// For checks whose detail already begins with the call's name.
+[[noreturn]] inline void raise(fault f, const std::string& detail) { throw_engine_error(f.code, detail); }
 
 }  // namespace cobatch::engine::detail

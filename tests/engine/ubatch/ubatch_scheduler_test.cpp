@@ -1,6 +1,8 @@
 #include "cobatch/engine/ubatch/ubatch_scheduler.hpp"
 
 #include "cobatch/coro/run_loop.hpp"
+
+#include <asio/bind_cancellation_slot.hpp>
 #include "cobatch/coro/spawn.hpp"
 #include "cobatch/coro/sync_wait.hpp"
 #include "cobatch/coro/use_task.hpp"
@@ -445,6 +447,52 @@ TEST_CASE("a traced step records spans per micro-batch per lane", "[engine][ubat
   CHECK(json.str().find("mb1 all-to-all") != std::string::npos);
   CHECK(svg.str().rfind("<svg", 0) == 0);
   CHECK(svg.str().find("micro-batch 1") != std::string::npos);
+}
+
+TEST_CASE("async_run: the step as an initiating function, with a callback and with cancellation",
+          "[engine][ubatch_scheduler]") {
+  fixture f;
+  auto body = [](engine::ubatch_context& ctx) -> coro::task<int> {
+    co_await ctx.switch_to_comm();
+    co_await ctx.switch_to_compute();
+    co_return ctx.index() * 10;
+  };
+  std::vector<int> outputs;
+  std::exception_ptr error;
+  bool done = false;
+  f.scheduler.async_run(f.loop.get_executor(), 3, body, [&](std::exception_ptr e, std::vector<int> out) {
+    error = e;
+    outputs = std::move(out);
+    done = true;
+  });
+  CHECK_FALSE(done);  // started by a post, never inline
+  while (!done) {
+    f.loop.restart();
+    f.loop.run();
+  }
+  CHECK_FALSE(error);
+  CHECK(outputs == std::vector<int>{0, 10, 20});
+
+  // Cancelled through the handler's slot while the micro-batches run (Asio
+  // cancellation is not sticky: it reaches what is running when emitted).
+  asio::cancellation_signal signal;
+  done = false;
+  auto cancelling = [&](engine::ubatch_context& ctx) -> coro::task<int> {
+    if (ctx.index() == 0) signal.emit(asio::cancellation_type::terminal);
+    co_await ctx.yield();
+    co_return 1;
+  };
+  f.scheduler.async_run(f.loop.get_executor(), 2, cancelling,
+                        asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e, std::vector<int>) {
+                          error = e;
+                          done = true;
+                        }));
+  while (!done) {
+    f.loop.restart();
+    f.loop.run();
+  }
+  REQUIRE(error);
+  CHECK_THROWS_AS(std::rethrow_exception(error), std::system_error);
 }
 
 TEST_CASE("per_ubatch streams: micro-batch i runs on compute and comm stream i, joined after the step",

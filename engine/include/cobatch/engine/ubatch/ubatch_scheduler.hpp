@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cobatch/coro/shield.hpp>
+#include <cobatch/coro/spawn.hpp>
 #include <cobatch/coro/task.hpp>
 #include <cobatch/coro/detail/driver.hpp>
 #include <cobatch/engine/ubatch/detail/ubatch_step.hpp>
@@ -145,6 +146,29 @@ class ubatch_scheduler {
   template <ubatch_function F>
   coro::task<ubatch_outputs_t<F>> run(const ubatch_plan& plan, F fn, ubatch_run_options options = {}) {
     return run_impl<F>(plan.size(), &plan, std::move(fn), options);
+  }
+
+  /// run() as an Asio initiating function: the micro-batches run on
+  /// `executor` (the thread that owns the step; a coro::run_loop's executor
+  /// with the device's reactor attached).
+  ///
+  /// Completion signature: `void(std::exception_ptr, std::vector<R>)` for
+  /// micro-batch functions returning task<R>, `void(std::exception_ptr)` for
+  /// task<void>; the exception is what run() throws (ubatch_error naming the
+  /// micro-batch that failed, engine_error for bad arguments). The step starts
+  /// by a post to `executor`, never inline. Cancellation: terminal, partial
+  /// and total, through the completion handler's slot: micro-batches stop at
+  /// their next switch, the streams are waited for, and the completion
+  /// carries std::system_error (operation_aborted). `plan` and the scheduler
+  /// must outlive the operation.
+  template <ubatch_function F, class Executor, class Token>
+  auto async_run(const Executor& executor, const ubatch_plan& plan, F fn, Token&& token) {
+    return coro::spawn(executor, run(plan, std::move(fn)), std::forward<Token>(token));
+  }
+  /// As above with `count` micro-batches and no plan.
+  template <ubatch_function F, class Executor, class Token>
+  auto async_run(const Executor& executor, std::int32_t count, F fn, Token&& token) {
+    return coro::spawn(executor, run(count, std::move(fn)), std::forward<Token>(token));
   }
 
  private:
