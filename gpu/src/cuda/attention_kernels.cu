@@ -417,11 +417,9 @@ int kv_append(const kernels::kv_append_args& a, void* stream) {
   if (a.num_reqs == 0 || a.max_q_len == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(a.num_reqs), static_cast<unsigned>(a.max_q_len));
   if (gpu::size_of(a.storage) == 4) {
-    kv_append_kernel<std::uint32_t><<<grid, 128, 0, native(stream)>>>(a);
-  } else {
-    kv_append_kernel<std::uint16_t><<<grid, 128, 0, native(stream)>>>(a);
+    return detail::launch_kernel(kv_append_kernel<std::uint32_t>, grid, dim3(128), stream, a);
   }
-  return cudaGetLastError();
+  return detail::launch_kernel(kv_append_kernel<std::uint16_t>, grid, dim3(128), stream, a);
 }
 
 int fill(void* dst, std::uint64_t pattern, std::size_t pattern_bytes, std::size_t count, void* stream) {
