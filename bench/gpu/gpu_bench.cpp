@@ -44,6 +44,7 @@
 #include "cobatch/gpu/copy.hpp"
 #include "cobatch/gpu/device_memory.hpp"
 #include "cobatch/gpu/kernels/attention_kernels.hpp"
+#include "cobatch/gpu/float16.hpp"
 
 #if COBATCH_WITH_NCCL
 #include "cobatch/gpu/collective_wait.hpp"
