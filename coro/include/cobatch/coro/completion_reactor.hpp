@@ -261,7 +261,7 @@ class completion_reactor::wait_op final : public detail::reactor_op {
     {
       // The work is over now, even if a cancellation still on its way to the
       // poller keeps the op's memory a little longer.
-      work_type done(std::move(work_));
+      [[maybe_unused]] work_type done(std::move(work_));
     }
     release();
     std::move(handler)(ec);
