@@ -116,7 +116,8 @@ class toy_step_model final : public step_model {
     }
   }
 
-  std::int32_t vocab_, max_context_, page_size_, segments_;
+  std::int32_t vocab_, max_context_, page_size_;
+  [[maybe_unused]] std::int32_t segments_;
   std::vector<stage_kind> stages_;
   std::vector<std::uint64_t> kv_;
   std::vector<std::vector<std::uint64_t>> sums_;
