@@ -188,80 +188,96 @@ void chunk_merge(const chunk_merge_args& a) {
   }
 }
 
-// Built twice, for AVX2 with FMA and for the baseline, and chosen at load
-// time by the CPU (GCC's target_clones): the merge is a memory stream whose
-// arithmetic must keep up with memcpy's wide loads.
+namespace {
+
+// The normalised weights of one row's shards, 0 for a shard that adds nothing,
+// and the row's merged natural LSE. Shards whose LSE is -inf, +inf or NaN are
+// told apart here, and only here: the sums then need no test per element.
+float row_weights(const lse_merge_args& a, std::int64_t r, float* w) noexcept {
+  const std::int32_t n = a.num_shards;
+  float m = neg_inf;
+  for (std::int32_t i = 0; i < n; ++i) {
+    const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
+    w[i] = l;
+    if (std::isfinite(l)) m = std::max(m, l);
+  }
+  if (m == neg_inf) {
+    std::fill(w, w + n, 0.0f);
+    return neg_inf;
+  }
+  float sum = 0.0f;
+  for (std::int32_t i = 0; i < n; ++i) {
+    w[i] = std::isfinite(w[i]) ? std::exp(w[i] - m) : 0.0f;
+    sum += w[i];
+  }
+  const float inv = 1.0f / sum;
+  for (std::int32_t i = 0; i < n; ++i) w[i] *= inv;
+  return m + std::log(sum);
+}
+
+}  // namespace
+
+// Two phases per block of rows: the weights of every (row, shard), then the
+// rows summed over all shards in register tiles, each shard's values read
+// once and the output written once. A shard of weight 0 (empty, or
+// negligible) is read from a row of zeros instead of its own values, which
+// may be anything (NaN, inf): the sum is then the same for every row, with
+// no branch or shard count that varies inside it.
+//
+// Built twice, for AVX2 and for the baseline, and chosen at load time by the
+// CPU (GCC's target_clones): the sums must keep up with memcpy's wide loads.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx2,fma", "default")))
+__attribute__((target_clones("avx2", "default")))
 #endif
 void lse_merge(const lse_merge_args& a) {
   const std::size_t d = static_cast<std::size_t>(a.head_dim);
-  const std::int32_t n = a.num_shards;
-  // f32 output is merged straight into the destination (the loop
-  // lse_merge_bw_ratio measures); other types through a row buffer.
-  constexpr int max_stack_shards = 64;
-  float weights[max_stack_shards];
-  const float* sources[max_stack_shards];
-  thread_local std::vector<float> row;
-  thread_local std::vector<float> heap_weights;
-  thread_local std::vector<const float*> heap_sources;
+  const std::size_t n = static_cast<std::size_t>(a.num_shards);
+  constexpr std::int64_t block = 64;
+  thread_local std::vector<float> weights;         // [block][shards]
+  thread_local std::vector<const float*> sources;  // [block][shards]
+  thread_local std::vector<float> zeros;
+  thread_local std::vector<float> row;  // for outputs other than f32
+  weights.resize(static_cast<std::size_t>(block) * n);
+  sources.resize(static_cast<std::size_t>(block) * n);
+  zeros.assign(d, 0.0f);
   row.resize(d);
-  float* wts = weights;
-  const float** srcs = sources;
-  if (n > max_stack_shards) {
-    heap_weights.resize(static_cast<std::size_t>(n));
-    heap_sources.resize(static_cast<std::size_t>(n));
-    wts = heap_weights.data();
-    srcs = heap_sources.data();
-  }
-  for (std::int64_t r = 0; r < a.rows; ++r) {
-    float m = neg_inf;
-    for (std::int32_t i = 0; i < n; ++i) {
-      const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
-      wts[i] = l;
-      if (std::isfinite(l)) m = std::max(m, l);
-    }
-    float* dst = a.out_type == data_type::f32 ? static_cast<float*>(a.out) + static_cast<std::size_t>(r) * d
-                                              : row.data();
-    float lse = neg_inf;
-    if (m == neg_inf) {
-      std::fill(dst, dst + d, 0.0f);
-    } else {
-      // Normalised weights of the contributing shards, then the row merged in
-      // register tiles: each shard's values are read once and the output is
-      // written once (no read-modify-write of the row per shard).
-      float sum = 0.0f;
-      std::int32_t nv = 0;
-      for (std::int32_t i = 0; i < n; ++i) {
-        if (!std::isfinite(wts[i])) continue;
-        const float w = std::exp(wts[i] - m);
-        sum += w;
-        wts[nv] = w;
-        srcs[nv] = a.shard_out + i * a.shard_out_stride + r * static_cast<std::int64_t>(d);
-        ++nv;
+  const bool f32 = a.out_type == data_type::f32;
+  for (std::int64_t r0 = 0; r0 < a.rows; r0 += block) {
+    const std::int64_t rows = std::min(block, a.rows - r0);
+    for (std::int64_t j = 0; j < rows; ++j) {
+      const std::int64_t r = r0 + j;
+      float* w = weights.data() + static_cast<std::size_t>(j) * n;
+      const float** src = sources.data() + static_cast<std::size_t>(j) * n;
+      const float lse = row_weights(a, r, w);
+      if (a.out_lse != nullptr) a.out_lse[r] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
+      for (std::size_t i = 0; i < n; ++i) {
+        src[i] = w[i] != 0.0f ? a.shard_out + static_cast<std::int64_t>(i) * a.shard_out_stride +
+                                    r * static_cast<std::int64_t>(d)
+                              : zeros.data();
       }
-      const float inv = 1.0f / sum;
-      for (std::int32_t v = 0; v < nv; ++v) wts[v] *= inv;
+    }
+    for (std::int64_t j = 0; j < rows; ++j) {
+      const float* w = weights.data() + static_cast<std::size_t>(j) * n;
+      const float* const* src = sources.data() + static_cast<std::size_t>(j) * n;
+      float* dst = f32 ? static_cast<float*>(a.out) + static_cast<std::size_t>(r0 + j) * d : row.data();
       constexpr std::size_t tile = 16;
       std::size_t k0 = 0;
       for (; k0 + tile <= d; k0 += tile) {
         float acc[tile] = {};
-        for (std::int32_t v = 0; v < nv; ++v) {
-          const float w = wts[v];
-          const float* o = srcs[v] + k0;
-          for (std::size_t k = 0; k < tile; ++k) acc[k] += w * o[k];
+        for (std::size_t i = 0; i < n; ++i) {
+          const float wi = w[i];
+          const float* o = src[i] + k0;
+          for (std::size_t k = 0; k < tile; ++k) acc[k] += wi * o[k];
         }
         for (std::size_t k = 0; k < tile; ++k) dst[k0 + k] = acc[k];
       }
       for (; k0 < d; ++k0) {
         float x = 0.0f;
-        for (std::int32_t v = 0; v < nv; ++v) x += wts[v] * srcs[v][k0];
+        for (std::size_t i = 0; i < n; ++i) x += w[i] * src[i][k0];
         dst[k0] = x;
       }
-      lse = m + std::log(sum);
+      if (!f32) store_row(a.out, static_cast<std::size_t>(r0 + j) * d, dst, d, a.out_type);
     }
-    if (a.out_type != data_type::f32) store_row(a.out, static_cast<std::size_t>(r) * d, dst, d, a.out_type);
-    if (a.out_lse != nullptr) a.out_lse[r] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
   }
 }
 
