@@ -346,11 +346,18 @@ unsigned grid_for(long long n, int block) {
   return static_cast<unsigned>(g < 1 ? 1 : g);
 }
 
-// The one place a storage type becomes an element type: f32, or bf16 (as
-// its bits); the KV copies take only the width from it.
+// The one place the attention's storage type becomes an element type: f32,
+// or bf16 as its bits.
 template <class Fn>
 int with_element_type(gpu::data_type storage, Fn&& fn) {
-  if (gpu::size_of(storage) == 4) return fn(float{});
+  if (storage == gpu::data_type::bf16) return fn(std::uint16_t{});
+  return fn(float{});
+}
+
+// The KV copies move bits: the element type only sets the width.
+template <class Fn>
+int with_element_width(gpu::data_type storage, Fn&& fn) {
+  if (gpu::size_of(storage) == 4) return fn(std::uint32_t{});
   return fn(std::uint16_t{});
 }
 
@@ -359,6 +366,16 @@ int with_head_dim(int head_dim, Fn&& fn) {
   if (head_dim == 64) return fn(std::integral_constant<int, 64>{});
   if (head_dim == 128) return fn(std::integral_constant<int, 128>{});
   return cudaErrorInvalidValue;
+}
+
+template <bool ToPool, class Args>
+int launch_kv_rows(const Args& a, void* stream) {
+  const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
+  if (n == 0) return cudaSuccess;
+  return with_element_width(a.storage, [&](auto t) {
+    return detail::launch_kernel(kv_rows_kernel<decltype(t), ToPool, Args>, dim3(grid_for(n, 256)), dim3(256), stream,
+                                 a);
+  });
 }
 
 }  // namespace
@@ -399,28 +416,13 @@ int convert(const kernels::convert_args& a, void* stream) {
   return detail::launch_kernel(convert_kernel, dim3(grid_for(a.count, 256)), dim3(256), stream, a);
 }
 
-int kv_scatter(const kernels::kv_scatter_args& a, void* stream) {
-  const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
-  if (n == 0) return cudaSuccess;
-  return with_element_type(a.storage, [&](auto t) {
-    return detail::launch_kernel(kv_rows_kernel<decltype(t), true, kernels::kv_scatter_args>, dim3(grid_for(n, 256)),
-                                 dim3(256), stream, a);
-  });
-}
-
-int kv_gather(const kernels::kv_gather_args& a, void* stream) {
-  const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
-  if (n == 0) return cudaSuccess;
-  return with_element_type(a.storage, [&](auto t) {
-    return detail::launch_kernel(kv_rows_kernel<decltype(t), false, kernels::kv_gather_args>, dim3(grid_for(n, 256)),
-                                 dim3(256), stream, a);
-  });
-}
+int kv_scatter(const kernels::kv_scatter_args& a, void* stream) { return launch_kv_rows<true>(a, stream); }
+int kv_gather(const kernels::kv_gather_args& a, void* stream) { return launch_kv_rows<false>(a, stream); }
 
 int kv_append(const kernels::kv_append_args& a, void* stream) {
   if (a.num_reqs == 0 || a.max_q_len == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(a.num_reqs), static_cast<unsigned>(a.max_q_len));
-  return with_element_type(a.storage, [&](auto t) {
+  return with_element_width(a.storage, [&](auto t) {
     return detail::launch_kernel(kv_append_kernel<decltype(t)>, grid, dim3(128), stream, a);
   });
 }
