@@ -19,6 +19,12 @@ namespace {
 // y[rows][out] = x[rows][in] * w[out][in]^T
 void matmul(const float* x, const std::vector<float>& w, float* y, std::int32_t rows, std::int32_t in, std::int32_t out) {
   if (rows <= 0) return;
+  if (rows == 1) {
+    // One row (a lone decode): sgemm would first pack all of w, reading and
+    // writing it once more than the product itself reads it.
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w.data(), in, x, 1, 0.0f, y, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, in, w.data(), in, 0.0f, y, out);
 }
 

@@ -180,3 +180,12 @@ TEST_CASE("reference model: safetensors weights round-trip; bad files are errors
   bad.head_dim = 32;
   CHECK_THROWS_WITH(llama_weights::seeded(bad, 1), Catch::Contains("head_dim"));
 }
+
+TEST_CASE("reference model: shapes by name; an unknown name is an error naming it", "[model]") {
+  CHECK(llama_config::named("tiny").hidden == llama_config::tiny().hidden);
+  const llama_config small = llama_config::named("small");
+  CHECK(small.hidden == 512);
+  CHECK(small.num_heads % small.num_kv_heads == 0);
+  CHECK_NOTHROW(validate(small));
+  CHECK_THROWS_WITH(llama_config::named("huge"), "llama_config: unknown shape 'huge' (expected 'tiny' or 'small')");
+}
