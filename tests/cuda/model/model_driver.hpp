@@ -40,7 +40,6 @@ class step_driver {
   step_driver(cobatch::coro::run_loop& loop, cobatch::gpu::device& device, const cobatch::model::llama_weights& w,
               std::int32_t max_tokens, std::int32_t max_reqs, std::int32_t pages_per_request)
       : loop_(&loop),
-        device_(&device),
         vocab_(w.config.vocab_size),
         pages_per_request_(pages_per_request),
         model_(device, w, cobatch::model::llama_rank_options{max_reqs * pages_per_request, page_size, 0, nullptr}),
@@ -170,7 +169,6 @@ class step_driver {
   }
 
   cobatch::coro::run_loop* loop_;
-  cobatch::gpu::device* device_;
   std::int32_t vocab_;
   std::int32_t pages_per_request_;
   // Declared before the model and the stream: freed after the stream (whose
