@@ -15,6 +15,7 @@
 #include "cuda/cuda_kernels.hpp"
 #include "dcp_group.hpp"
 #include "llama_weights.hpp"
+#include "logit_gap.hpp"
 #include "sampling.hpp"
 
 #include <cobatch/gpu/cuda/cuda_device.hpp>
@@ -29,6 +30,7 @@
 
 using namespace cobatch;
 using namespace cobatch::model;
+using cobatch::test::top2_gap;
 using model_test::step_driver;
 using model_test::step_request;
 
@@ -50,19 +52,6 @@ std::vector<std::vector<std::int32_t>> random_prompts(std::size_t n, std::uint32
     for (auto& t : p) t = static_cast<std::int32_t>(rng() % 256);
   }
   return prompts;
-}
-
-float top2_gap(std::span<const float> l) {
-  float a = -INFINITY, b = -INFINITY;
-  for (float x : l) {
-    if (x > a) {
-      b = a;
-      a = x;
-    } else if (x > b) {
-      b = x;
-    }
-  }
-  return a - b;
 }
 
 void compare_greedy(const llama_config& c) {
