@@ -6,6 +6,7 @@
 #include "sampling.hpp"
 
 #include "engine_rig.hpp"
+#include "logit_gap.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -18,6 +19,7 @@ using namespace cobatch;
 using namespace cobatch::engine;
 using namespace cobatch::engine::test;
 using namespace cobatch::model;
+using cobatch::test::top2_gap;
 
 namespace {
 
@@ -69,19 +71,6 @@ run_result generate(const llama_weights& w, const std::vector<generation_request
   out.outcomes = run_all(rig.loop, engine, requests);
   out.stats = engine.runner(0).stats();
   return out;
-}
-
-float top2_gap(const std::vector<float>& l) {
-  float a = -INFINITY, b = -INFINITY;
-  for (float x : l) {
-    if (x > a) {
-      b = a;
-      a = x;
-    } else if (x > b) {
-      b = x;
-    }
-  }
-  return a - b;
 }
 
 }  // namespace
