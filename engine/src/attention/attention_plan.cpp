@@ -98,7 +98,6 @@ request_scan scan_requests_as(const std::int32_t* __restrict seq, const std::int
                               std::int32_t ps, gpu::kernels::attention_request* __restrict rq) noexcept {
   const int shift = std::countr_zero(static_cast<std::uint32_t>(ps));
   const std::int32_t mask = ps - 1;
-  request_scan r;
   // 32-bit lanes throughout (SSE2 has no 64-bit compares): lengths are
   // summed as unsigned, exact whenever the batch is valid (a negative length
   // is reported before the sums are used).
@@ -106,7 +105,7 @@ request_scan scan_requests_as(const std::int32_t* __restrict seq, const std::int
   std::uint64_t splittable = 0;
   std::int32_t longest = 0;
   std::int64_t appended = 0;
-  std::int32_t min_q = r.min_q;
+  std::int32_t min_q = std::numeric_limits<std::int32_t>::max();
   std::int32_t max_q = 0;
   int bad_batch = 0;
   int bad_pages = 0;
@@ -149,15 +148,8 @@ request_scan scan_requests_as(const std::int32_t* __restrict seq, const std::int
     rq[i] = {loc[i], static_cast<std::int32_t>(static_cast<std::uint32_t>(loc[i + 1]) - static_cast<std::uint32_t>(loc[i])),
              s_len, ip[i], len};
   }
-  r.local = static_cast<std::int64_t>(local);
-  r.splittable = static_cast<std::int64_t>(splittable);
-  r.longest_splittable = longest;
-  r.appended = appended;
-  r.min_q = min_q;
-  r.max_q = max_q;
-  r.bad_batch = bad_batch;
-  r.bad_pages = bad_pages;
-  return r;
+  return {static_cast<std::int64_t>(local), static_cast<std::int64_t>(splittable), longest, appended, min_q, max_q,
+          bad_batch, bad_pages};
 }
 
 request_scan scan_requests(const std::int32_t* seq, const std::int32_t* loc, const std::int32_t* ip,

@@ -14,12 +14,7 @@ namespace cobatch::engine::detail {
 template <class Pages>
 void set_pool(gpu::kernels::kv_pool_args<Pages>& args, const kv_cache_config& cache,
               std::type_identity_t<Pages>* layer_pages) noexcept {
-  args.storage = cache.storage;
-  args.kv_pages = layer_pages;
-  args.num_pages = cache.num_pages;
-  args.page_size = cache.page_size;
-  args.num_kv_heads = cache.num_kv_heads;
-  args.head_dim = cache.head_dim;
+  args = {cache.storage, layer_pages, cache.num_pages, cache.page_size, cache.num_kv_heads, cache.head_dim};
 }
 
 }  // namespace cobatch::engine::detail
