@@ -8,6 +8,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -156,5 +158,73 @@ void BM_lse_merge_memcpy(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_lse_merge_memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Host decode attention: 64 requests of one query token each, contexts
+// uniform in [64, 512] (fixed seed), page size 16, f32 pool, GQA 4:1 (8 query
+// heads over 2 KV heads), head dim range(0). One thread, so CPU time is the
+// kernel's cost.
+struct decode_data {
+  static constexpr std::int32_t requests = 64, page_size = 16, qo_heads = 8, kv_heads = 2;
+  std::int32_t d;
+  std::vector<float> q, pages, out, lse;
+  std::vector<std::int32_t> indices;
+  std::vector<gpu::kernels::attention_request> reqs;
+  std::int64_t kv_tokens = 0;
+
+  explicit decode_data(std::int32_t head_dim) : d(head_dim) {
+    std::mt19937 rng(512u + static_cast<unsigned>(head_dim));
+    std::uniform_int_distribution<std::int32_t> context(64, 512);
+    std::uniform_real_distribution<float> val(-1.0f, 1.0f);
+    std::int32_t num_pages = 0;
+    for (std::int32_t r = 0; r < requests; ++r) {
+      const std::int32_t s = context(rng);
+      reqs.push_back({r, 1, s, static_cast<std::int32_t>(indices.size()), s});
+      for (std::int32_t p = 0; p < (s + page_size - 1) / page_size; ++p) indices.push_back(num_pages++);
+      kv_tokens += s;
+    }
+    // Pages handed out shuffled, as a pool that has served for a while has them.
+    std::shuffle(indices.begin(), indices.end(), rng);
+    pages.resize(static_cast<std::size_t>(num_pages) * 2 * page_size * kv_heads * d);
+    q.resize(static_cast<std::size_t>(requests) * qo_heads * d);
+    for (auto& x : pages) x = val(rng);
+    for (auto& x : q) x = val(rng);
+    out.resize(q.size());
+    lse.resize(static_cast<std::size_t>(requests) * qo_heads);
+  }
+
+  gpu::kernels::paged_attention_args args() {
+    gpu::kernels::paged_attention_args a;
+    a.q = q.data();
+    a.kv_pages = pages.data();
+    a.num_pages = static_cast<std::int32_t>(indices.size());
+    a.page_size = page_size;
+    a.num_qo_heads = qo_heads;
+    a.num_kv_heads = kv_heads;
+    a.head_dim = d;
+    a.sm_scale = 1.0f / std::sqrt(static_cast<float>(d));
+    a.kv_indices = indices.data();
+    a.requests = reqs.data();
+    a.num_work = requests;
+    a.num_tokens = requests;
+    a.max_q_len = 1;
+    a.out = out.data();
+    a.out_lse = lse.data();
+    return a;
+  }
+};
+
+void BM_paged_attention_decode_host(benchmark::State& state) {
+  decode_data data(static_cast<std::int32_t>(state.range(0)));
+  const gpu::kernels::paged_attention_args a = data.args();
+  for (auto _ : state) {
+    gpu::kernels::host::paged_attention(a);
+    benchmark::ClobberMemory();
+  }
+  state.counters["kv_tokens"] = static_cast<double>(data.kv_tokens);
+  state.counters["kv_gbps"] = benchmark::Counter(
+      static_cast<double>(data.kv_tokens) * 2.0 * decode_data::kv_heads * data.d * sizeof(float) * 1e-9,
+      benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_paged_attention_decode_host)->Arg(64)->Arg(128)->Unit(benchmark::kMicrosecond);
 
 }  // namespace

@@ -61,24 +61,73 @@ inline std::int64_t visible_prefix(std::int64_t p, std::int32_t world, std::int3
   return full * interleave + std::clamp<std::int64_t>(rest, 0, interleave);
 }
 
+// Partial sums of a dot product: independent lanes the compiler may keep in
+// vector registers (one float sum is a serial chain it must not reorder).
+constexpr std::size_t dot_lanes = 8;
+
+// D is the head dimension when fixed at compile time (64, 128), 0 otherwise.
+template <std::size_t D>
+inline float dot(const float* __restrict x, const float* __restrict y, std::size_t d) noexcept {
+  static_assert(D % dot_lanes == 0, "a fixed head dim leaves no tail");
+  const std::size_t n = D != 0 ? D : d;
+  float part[dot_lanes] = {};
+  std::size_t i = 0;
+  for (; i + dot_lanes <= n; i += dot_lanes) {
+    for (std::size_t k = 0; k < dot_lanes; ++k) part[k] += x[i + k] * y[i + k];
+  }
+  float s = 0.0f;
+  if constexpr (D == 0) {
+    for (; i < n; ++i) s += x[i] * y[i];
+  }
+  for (std::size_t k = 0; k < dot_lanes; ++k) s += part[k];
+  return s;
+}
+
+template <std::size_t D>
+inline void axpy(float w, const float* __restrict x, float* __restrict y, std::size_t d) noexcept {
+  const std::size_t n = D != 0 ? D : d;
+  for (std::size_t i = 0; i < n; ++i) y[i] += w * x[i];
+}
+
+// A K or V row as floats: the row itself for f32, else converted into `tmp`.
+inline const float* as_floats(const float* row, float* /*tmp*/, std::size_t /*n*/) noexcept { return row; }
 template <class T>
+const float* as_floats(const T* row, float* tmp, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) tmp[i] = row[i].to_float();
+  return tmp;
+}
+
+// One query row against its visible KV, all query heads at once: each token's
+// K and V rows (every KV head, contiguous in the page) are read, and for
+// bf16/f16 converted, once per query row rather than once per query head.
+// Three passes over the chunk, walked a page-contiguous run at a time: the
+// scores of every head, then per head the max and one exp pass, then the V
+// rows weighted into the accumulators.
+template <class T, std::size_t D>
 void attention_typed(const paged_attention_args& a) {
   const auto* q = static_cast<const T*>(a.q);
   const auto* pages = static_cast<const T*>(a.kv_pages);
-  const std::size_t d = static_cast<std::size_t>(a.head_dim);
+  const std::size_t d = D != 0 ? D : static_cast<std::size_t>(a.head_dim);
   const std::size_t hq = static_cast<std::size_t>(a.num_qo_heads);
   const std::size_t hkv = static_cast<std::size_t>(a.num_kv_heads);
   const std::size_t group = hq / hkv;
-  const std::size_t ps = static_cast<std::size_t>(a.page_size);
-  const std::size_t token_stride = hkv * d;             // elements per token row within K (or V)
-  const std::size_t half_page = ps * token_stride;      // K block of a page; V follows
+  const std::size_t token_stride = hkv * d;  // elements per token row within K (or V)
+  const std::size_t half_page = static_cast<std::size_t>(a.page_size) * token_stride;  // K block; V follows
   const std::size_t page_stride = 2 * half_page;
 
-  thread_local std::vector<float> scores;
-  thread_local std::vector<float> qrow;
-  thread_local std::vector<float> acc;
-  qrow.resize(d);
-  acc.resize(d);
+  thread_local std::vector<float> scores;  // [hq][visible tokens]: scores, then weights
+  thread_local std::vector<float> qrows;   // [hq][d]
+  thread_local std::vector<float> acc;     // [hq][d]
+  thread_local std::vector<float> stats;   // [hq] max, [hq] sum
+  thread_local std::vector<float> kv_row;  // one token's K or V row converted to f32
+  qrows.resize(hq * d);
+  acc.resize(hq * d);
+  stats.resize(2 * hq);
+  kv_row.resize(token_stride);
+  float* const qh = qrows.data();
+  float* const acch = acc.data();
+  float* const mx = stats.data();
+  float* const sums = stats.data() + hq;
 
   for (std::int32_t w = 0; w < a.num_work; ++w) {
     const attention_work_item item = a.work != nullptr ? a.work[w] : attention_work_item{w, 0, a.requests[w].kv_len, -1};
@@ -89,44 +138,62 @@ void attention_typed(const paged_attention_args& a) {
       const std::int64_t visible = visible_prefix(p, a.dcp_world, a.dcp_rank, a.dcp_interleave);
       const std::int64_t end = std::min<std::int64_t>(item.kv_end, visible);
       const std::int64_t begin = item.kv_begin;
+      const std::size_t n = end > begin ? static_cast<std::size_t>(end - begin) : 0;
       const std::size_t row = static_cast<std::size_t>(req.q_begin + j);
+      // fn(offset of the first token's K row, index of the token in [0, n),
+      // tokens) for each run of [begin, end) that is contiguous in one page.
+      auto for_each_run = [&](auto fn) {
+        for (std::int64_t l = begin; l < end;) {
+          const std::int64_t in_page = l % a.page_size;
+          const std::int64_t count = std::min<std::int64_t>(a.page_size - in_page, end - l);
+          const std::size_t page = static_cast<std::size_t>(req_pages[l / a.page_size]);
+          fn(page * page_stride + static_cast<std::size_t>(in_page) * token_stride, static_cast<std::size_t>(l - begin),
+             static_cast<std::size_t>(count));
+          l += count;
+        }
+      };
+      scores.resize(hq * n);
+      float* const sc = scores.data();
+      for (std::size_t i = 0; i < hq * d; ++i) qh[i] = load(q, row * hq * d + i);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for_each_run([&](std::size_t koff, std::size_t t0, std::size_t count) {
+        for (std::size_t t = 0; t < count; ++t) {
+          const float* k = as_floats(pages + koff + t * token_stride, kv_row.data(), token_stride);
+          for (std::size_t h = 0; h < hq; ++h) sc[h * n + t0 + t] = dot<D>(qh + h * d, k + (h / group) * d, d) * a.sm_scale;
+        }
+      });
       for (std::size_t h = 0; h < hq; ++h) {
-        const std::size_t kvh = h / group;
-        const std::size_t qoff = (row * hq + h) * d;
-        for (std::size_t i = 0; i < d; ++i) qrow[i] = load(q, qoff + i);
+        float* s = sc + h * n;
+        float m = neg_inf;
+        for (std::size_t t = 0; t < n; ++t) m = std::max(m, s[t]);
+        float sum = 0.0f;
+        for (std::size_t t = 0; t < n; ++t) {
+          s[t] = std::exp(s[t] - m);
+          sum += s[t];
+        }
+        mx[h] = m;
+        sums[h] = sum;
+      }
+      for_each_run([&](std::size_t koff, std::size_t t0, std::size_t count) {
+        for (std::size_t t = 0; t < count; ++t) {
+          const float* v = as_floats(pages + koff + half_page + t * token_stride, kv_row.data(), token_stride);
+          for (std::size_t h = 0; h < hq; ++h) axpy<D>(sc[h * n + t0 + t], v + (h / group) * d, acch + h * d, d);
+        }
+      });
+      for (std::size_t h = 0; h < hq; ++h) {
+        float* o = acch + h * d;
         float lse = neg_inf;
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        if (end > begin) {
-          scores.resize(static_cast<std::size_t>(end - begin));
-          float m = neg_inf;
-          for (std::int64_t l = begin; l < end; ++l) {
-            const std::size_t page = static_cast<std::size_t>(req_pages[l / a.page_size]);
-            const std::size_t koff = page * page_stride + static_cast<std::size_t>(l % a.page_size) * token_stride + kvh * d;
-            float s = 0.0f;
-            for (std::size_t i = 0; i < d; ++i) s += qrow[i] * load(pages, koff + i);
-            s *= a.sm_scale;
-            scores[static_cast<std::size_t>(l - begin)] = s;
-            m = std::max(m, s);
-          }
-          float sum = 0.0f;
-          for (std::int64_t l = begin; l < end; ++l) {
-            const float e = std::exp(scores[static_cast<std::size_t>(l - begin)] - m);
-            sum += e;
-            const std::size_t page = static_cast<std::size_t>(req_pages[l / a.page_size]);
-            const std::size_t voff =
-                page * page_stride + half_page + static_cast<std::size_t>(l % a.page_size) * token_stride + kvh * d;
-            for (std::size_t i = 0; i < d; ++i) acc[i] += e * load(pages, voff + i);
-          }
-          const float inv = 1.0f / sum;
-          for (std::size_t i = 0; i < d; ++i) acc[i] *= inv;
-          lse = m + std::log(sum);
+        if (n > 0) {
+          const float inv = 1.0f / sums[h];
+          for (std::size_t i = 0; i < d; ++i) o[i] *= inv;
+          lse = mx[h] + std::log(sums[h]);
         }
         if (item.partial_row < 0) {
-          store_row(a.out, (row * hq + h) * d, acc.data(), d, a.out_type);
+          store_row(a.out, (row * hq + h) * d, o, d, a.out_type);
           if (a.out_lse != nullptr) a.out_lse[row * hq + h] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
         } else {
           const std::size_t prow = static_cast<std::size_t>(item.partial_row + j);
-          std::copy(acc.begin(), acc.end(), a.partial_out + (prow * hq + h) * d);
+          std::copy(o, o + d, a.partial_out + (prow * hq + h) * d);
           a.partial_lse[prow * hq + h] = lse;
         }
       }
@@ -162,7 +229,14 @@ float merge_row(std::int32_t n, std::size_t d, OutAt out_i, LseAt lse_i, float* 
 }  // namespace
 
 void paged_attention(const paged_attention_args& a) {
-  with_element_type(a.storage, "paged attention", [&](auto tag) { attention_typed<decltype(tag)>(a); });
+  with_element_type(a.storage, "paged attention", [&](auto tag) {
+    using T = decltype(tag);
+    switch (a.head_dim) {
+      case 64: attention_typed<T, 64>(a); return;
+      case 128: attention_typed<T, 128>(a); return;
+      default: attention_typed<T, 0>(a); return;
+    }
+  });
 }
 
 void chunk_merge(const chunk_merge_args& a) {
