@@ -6,6 +6,7 @@
 #include "cobatch/gpu/kernels/attention_kernels.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -89,6 +90,27 @@ inline void axpy(float w, const float* __restrict x, float* __restrict y, std::s
   for (std::size_t i = 0; i < n; ++i) y[i] += w * x[i];
 }
 
+// exp(x) for the softmax's x = score - max <= 0, in a form the compiler can
+// vectorise (std::exp is a library call per element): x = n ln2 + r with
+// |r| <= ln2/2, exp(r) by Cephes' expf polynomial (about 1 ulp), 2^n put
+// into the exponent bits. x below -87 is taken as -87: exp(-87) ~ 1e-38
+// weighs nothing beside the max's exp(0) = 1 in the same sum.
+inline float softmax_exp(float x) noexcept {
+  constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  x = std::max(x, -87.0f);
+  const float n = (x * log2e + round_magic) - round_magic;
+  const float r = x - n * ln2_hi - n * ln2_lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  return e * std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23);
+}
+
 // A K or V row as floats: the row itself for f32, else converted into `tmp`.
 inline const float* as_floats(const float* row, float* /*tmp*/, std::size_t /*n*/) noexcept { return row; }
 template <class T>
@@ -167,10 +189,8 @@ void attention_typed(const paged_attention_args& a) {
         float m = neg_inf;
         for (std::size_t t = 0; t < n; ++t) m = std::max(m, s[t]);
         float sum = 0.0f;
-        for (std::size_t t = 0; t < n; ++t) {
-          s[t] = std::exp(s[t] - m);
-          sum += s[t];
-        }
+        for (std::size_t t = 0; t < n; ++t) s[t] = softmax_exp(s[t] - m);
+        for (std::size_t t = 0; t < n; ++t) sum += s[t];
         mx[h] = m;
         sums[h] = sum;
       }
