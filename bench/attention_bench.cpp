@@ -159,21 +159,24 @@ void BM_lse_merge_memcpy(benchmark::State& state) {
 }
 BENCHMARK(BM_lse_merge_memcpy)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// Host decode attention: 64 requests of one query token each, contexts
-// uniform in [64, 512] (fixed seed), page size 16, f32 pool, GQA 4:1 (8 query
-// heads over 2 KV heads), head dim range(0). One thread, so CPU time is the
-// kernel's cost.
+// Host decode attention: 64 requests of one query token each, page size 16,
+// f32 pool; arguments head dim, query heads, KV heads, shortest and longest
+// context (uniform, fixed seed). 64/8/2/64/512 and 128/8/2/64/512 are GQA 4:1;
+// 64/2/1/16/80 is the example server's reference model. One thread, so CPU
+// time is the kernel's cost.
 struct decode_data {
-  static constexpr std::int32_t requests = 64, page_size = 16, qo_heads = 8, kv_heads = 2;
-  std::int32_t d;
+  static constexpr std::int32_t requests = 64, page_size = 16;
+  std::int32_t d, qo_heads, kv_heads;
   std::vector<float> q, pages, out, lse;
   std::vector<std::int32_t> indices;
   std::vector<gpu::kernels::attention_request> reqs;
   std::int64_t kv_tokens = 0;
 
-  explicit decode_data(std::int32_t head_dim) : d(head_dim) {
+  decode_data(std::int32_t head_dim, std::int32_t qo, std::int32_t kv, std::int32_t min_context,
+              std::int32_t max_context)
+      : d(head_dim), qo_heads(qo), kv_heads(kv) {
     std::mt19937 rng(512u + static_cast<unsigned>(head_dim));
-    std::uniform_int_distribution<std::int32_t> context(64, 512);
+    std::uniform_int_distribution<std::int32_t> context(min_context, max_context);
     std::uniform_real_distribution<float> val(-1.0f, 1.0f);
     std::int32_t num_pages = 0;
     for (std::int32_t r = 0; r < requests; ++r) {
@@ -214,7 +217,8 @@ struct decode_data {
 };
 
 void BM_paged_attention_decode_host(benchmark::State& state) {
-  decode_data data(static_cast<std::int32_t>(state.range(0)));
+  auto arg = [&](int i) { return static_cast<std::int32_t>(state.range(i)); };
+  decode_data data(arg(0), arg(1), arg(2), arg(3), arg(4));
   const gpu::kernels::paged_attention_args a = data.args();
   for (auto _ : state) {
     gpu::kernels::host::paged_attention(a);
@@ -222,9 +226,13 @@ void BM_paged_attention_decode_host(benchmark::State& state) {
   }
   state.counters["kv_tokens"] = static_cast<double>(data.kv_tokens);
   state.counters["kv_gbps"] = benchmark::Counter(
-      static_cast<double>(data.kv_tokens) * 2.0 * decode_data::kv_heads * data.d * sizeof(float) * 1e-9,
+      static_cast<double>(data.kv_tokens) * 2.0 * data.kv_heads * data.d * sizeof(float) * 1e-9,
       benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_paged_attention_decode_host)->Arg(64)->Arg(128)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_paged_attention_decode_host)
+    ->Args({64, 8, 2, 64, 512})
+    ->Args({128, 8, 2, 64, 512})
+    ->Args({64, 2, 1, 16, 80})
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace

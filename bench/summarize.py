@@ -91,6 +91,9 @@ SWEEPS = {
     # Host CPU per step, the most expensive configuration of each version.
     "overlap_host_cpu_us_coroutine": ("BM_overlap_coroutine", "host_cpu_us", "max"),
     "overlap_host_cpu_us_threads": ("BM_overlap_threads", "host_cpu_us", "max"),
+    # Host decode attention, CPU time of one call (64 requests); the shapes
+    # are listed per configuration, the figure is the slowest one.
+    "paged_attention_decode_cpu_ns": ("BM_paged_attention_decode_host", CPU_TIME, "max"),
 }
 # Paired sweeps: the same configuration of two benchmarks, compared.
 #   key -> (numerator benchmark, denominator benchmark, counter, "geomean" | "min" | "max")
