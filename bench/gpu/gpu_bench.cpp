@@ -159,20 +159,24 @@ double measure_sync(int iterations) {
   return median(samples);
 }
 
+/// Round trips of an empty kernel on `s` and `co_await wait()` for it, in
+/// ns: `iterations` samples after `warmup` left out.
+template <class Wait>
+coro::task<void> time_round_trips(gpu::stream_ref s, int iterations, std::vector<double>& samples, Wait wait) {
+  for (int i = 0; i < warmup + iterations; ++i) {
+    const auto t0 = clock_type::now();
+    probe::empty(s);
+    co_await wait();
+    const auto t1 = clock_type::now();
+    if (i >= warmup) samples.push_back(ns_between(t0, t1));
+  }
+}
+
 double measure_reactor(int iterations) {
   loop_with_device l;
   auto s = l.dev.make_stream();
   std::vector<double> samples;
-  auto body = [&]() -> coro::task<void> {
-    for (int i = 0; i < warmup + iterations; ++i) {
-      const auto t0 = clock_type::now();
-      probe::empty(s);
-      co_await s.async_wait(coro::use_task);
-      const auto t1 = clock_type::now();
-      if (i >= warmup) samples.push_back(ns_between(t0, t1));
-    }
-  };
-  coro::sync_wait(l.loop, body());
+  coro::sync_wait(l.loop, time_round_trips(s, iterations, samples, [&] { return s.async_wait(coro::use_task); }));
   return median(samples);
 }
 
@@ -200,14 +204,8 @@ double measure_host_function(int iterations, loop_wait how) {
   loop_with_device l;
   auto s = l.dev.make_stream();
   std::vector<double> samples;
-  auto body = [&]() -> coro::task<void> {
-    for (int i = 0; i < warmup + iterations; ++i) {
-      const auto t0 = clock_type::now();
-      probe::empty(s);
-      co_await host_function_resume{s, &l.loop};
-      const auto t1 = clock_type::now();
-      if (i >= warmup) samples.push_back(ns_between(t0, t1));
-    }
+  auto body = [&] {
+    return time_round_trips(s, iterations, samples, [&] { return host_function_resume{s, &l.loop}; });
   };
   if (how == loop_wait::sleep) {
     coro::sync_wait(l.loop, body());
