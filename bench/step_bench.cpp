@@ -42,7 +42,8 @@ class null_model final : public step_model {
   null_model(std::int32_t layers, std::chrono::microseconds kernel) : kernel_(kernel) {
     kinds_.push_back(stage_kind::graph);
     for (std::int32_t l = 0; l < layers; ++l) {
-      kinds_.insert(kinds_.end(), {stage_kind::eager, stage_kind::collective, stage_kind::eager, stage_kind::graph});
+      for (stage_kind k : {stage_kind::eager, stage_kind::collective, stage_kind::eager, stage_kind::graph})
+        kinds_.push_back(k);
     }
   }
   model_info info() const override { return {256, 1 << 20, 4, 0}; }
