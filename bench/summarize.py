@@ -130,9 +130,12 @@ TARGETS = {
 # are: key -> description.
 SERVER_KEYS = {
     "health_rps": "GET /health requests per second, 64 connections (wrk)",
-    "server_tokens_per_s_1": "generated tokens per second, 1 client",
-    "server_tokens_per_s_64": "generated tokens per second, 64 concurrent clients",
-    "server_batching_gain": "tokens/s at 64 clients over tokens/s at 1 client",
+    "server_tokens_per_s_1": "generated tokens per second, 1 client, 'small' model shape",
+    "server_tokens_per_s_64": "generated tokens per second, 64 concurrent clients, 'small' model shape",
+    "server_batching_gain": "tokens/s at 64 clients over tokens/s at 1 client, 'small' model shape",
+    "server_tokens_per_s_1_tiny": "generated tokens per second, 1 client, 'tiny' model shape",
+    "server_tokens_per_s_64_tiny": "generated tokens per second, 64 concurrent clients, 'tiny' model shape",
+    "server_batching_gain_tiny": "tokens/s at 64 clients over 1 client, 'tiny' shape (weights in cache)",
     "server_p99_ttft_ms": "time to first streamed token at 64 clients, p99",
     "server_median_ttft_ms": "time to first streamed token at 64 clients, median",
     "server_errors": "answers neither 200 nor 503, and socket errors, over every server run",

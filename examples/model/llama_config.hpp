@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace cobatch::model {
 
@@ -20,8 +21,25 @@ struct llama_config {
   float rms_eps = 1e-5f;
   float rope_theta = 10000.0f;
 
-  /// A configuration small enough for tests under sanitizers.
+  /// A configuration small enough for tests under sanitizers. Its weights
+  /// (about 1 MB) stay in cache, so a step costs what its arithmetic costs,
+  /// whatever the batch: unlike any real model.
   static llama_config tiny() { return {}; }
+  /// A configuration whose weights (about 46 MB in f32) do not fit in cache,
+  /// so a decode step of one request is bound by reading them, as a real
+  /// model's is on a GPU: batching amortises that read over the batch.
+  static llama_config small() {
+    llama_config c;
+    c.hidden = 512;
+    c.num_layers = 4;
+    c.num_heads = 8;
+    c.num_kv_heads = 2;
+    c.intermediate = 1408;
+    c.max_context = 2048;
+    return c;
+  }
+  /// "tiny" or "small"; anything else throws std::invalid_argument naming it.
+  static llama_config named(std::string_view name);
   std::int32_t q_dim() const noexcept { return num_heads * head_dim; }
   std::int32_t kv_dim() const noexcept { return num_kv_heads * head_dim; }
 };

@@ -1,7 +1,8 @@
 // llama_model: the reference model as a step_model, on one rank of the host
-// backend. Matrix products go through OpenBLAS (cblas_sgemm); attention goes
-// through the engine's batch attention (paged KV cache, plan per micro-batch
-// per step, DCP exchange and merge as collective stages).
+// or the CUDA backend. The layer math is the backend's llama_kernels (host:
+// OpenBLAS; CUDA: cuBLAS and .cu kernels); attention goes through the
+// engine's batch attention (paged KV cache, plan per micro-batch per step,
+// DCP exchange and merge as collective stages) on the device's backend.
 //
 // Stages of a forward pass (L layers; with DCP the attention's exchange and
 // merge are stages of their own, so micro-batches switch around them):
@@ -21,6 +22,7 @@
 #pragma once
 
 #include "dcp_group.hpp"
+#include "llama_kernels.hpp"
 #include "llama_weights.hpp"
 
 #include <cobatch/engine/attention/batch_attention.hpp>
@@ -45,8 +47,12 @@ struct llama_rank_options {
 
 class llama_model final : public engine::step_model {
  public:
-  /// `weights` and `device` outlive the model. Throws std::invalid_argument
-  /// for a bad configuration or rank; engine_error from the attention layer.
+  /// `weights` and `device` outlive the model; the kernels are the device's
+  /// backend's (make_llama_kernels: on CUDA the weights are uploaded once).
+  /// Throws std::invalid_argument for a bad configuration or rank, a backend
+  /// without kernels in this build, or a DCP group on a CUDA device (its
+  /// communicators are the host backend's); engine_error from the attention
+  /// layer.
   llama_model(gpu::device& device, const llama_weights& weights, llama_rank_options options);
   ~llama_model() override;
 
@@ -69,10 +75,6 @@ class llama_model final : public engine::step_model {
     std::int32_t layer;
   };
   struct slot;
-  void embed(slot& s, std::int32_t rows) const;
-  void pre_attention(slot& s, std::int32_t layer, std::int32_t rows) const;
-  void post_attention(slot& s, std::int32_t layer, std::int32_t rows) const;
-  void head_and_sample(slot& s) const;
   engine::attention_io attention_io_of(slot& s, std::int32_t layer) const;
 
   gpu::device* device_;
@@ -83,7 +85,7 @@ class llama_model final : public engine::step_model {
   std::vector<stage> stages_;
   std::vector<engine::stage_kind> kinds_;
   std::vector<std::unique_ptr<slot>> slots_;
-  std::vector<float> rope_inv_freq_;
+  std::unique_ptr<llama_kernels> kernels_;
 };
 
 }  // namespace cobatch::model

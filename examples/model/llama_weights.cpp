@@ -28,6 +28,12 @@ void validate(const llama_config& c) {
   if (!(c.rope_theta > 0.0f)) bad("rope_theta", c.rope_theta);
 }
 
+llama_config llama_config::named(std::string_view name) {
+  if (name == "tiny") return tiny();
+  if (name == "small") return small();
+  throw std::invalid_argument("llama_config: unknown shape '" + std::string(name) + "' (expected 'tiny' or 'small')");
+}
+
 namespace {
 
 std::uint64_t splitmix(std::uint64_t& state) noexcept {

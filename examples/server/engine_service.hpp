@@ -31,6 +31,8 @@ namespace cobatch::server {
 struct model_source {
   std::uint64_t seed = 0;                  ///< seeded random weights ...
   std::optional<std::string> safetensors;  ///< ... or this file
+  /// The model's shape, a preset of the reference model ("tiny", "small").
+  std::string shape = "tiny";
 };
 
 struct engine_options {

@@ -20,7 +20,7 @@ struct reference_model_state {
 }  // namespace
 
 loaded_model load_model(const engine_options& options, std::span<gpu::device* const> devices) {
-  const model::llama_config config = model::llama_config::tiny();
+  const model::llama_config config = model::llama_config::named(options.model.shape);
   auto state = std::make_shared<reference_model_state>();
   loaded_model m;
   if (options.model.safetensors) {
@@ -31,6 +31,7 @@ loaded_model load_model(const engine_options& options, std::span<gpu::device* co
   } else {
     state->weights = model::llama_weights::seeded(config, options.model.seed);
     m.card.id = "cobatch-llama-seeded-" + std::to_string(options.model.seed);
+    if (options.model.shape != "tiny") m.card.id += "-" + options.model.shape;
   }
   const int world = static_cast<int>(devices.size());
   if (world > 1) state->group = std::make_unique<model::dcp_group>(world);

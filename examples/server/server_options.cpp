@@ -1,5 +1,7 @@
 #include "server_options.hpp"
 
+#include "llama_config.hpp"
+
 #include <charconv>
 #include <limits>
 #include <stdexcept>
@@ -48,6 +50,11 @@ continuously, tokens streamed back as server-sent events.
   --port N                  port (default 8000; 0 picks a free one, printed)
   --model SPEC              'seeded', 'seeded:SEED' (random weights from SEED)
                             or PATH.safetensors (default seeded:0)
+  --model-shape NAME        the reference model's shape: 'tiny' (hidden 128,
+                            2 layers; its weights stay in cache) or 'small'
+                            (hidden 512, 4 layers, 46 MB of weights; a decode
+                            of one request is bound by reading them, as on a
+                            GPU) (default tiny)
   --model-id NAME           the model name clients send (default: derived)
   --dcp-ranks N             decode-context-parallel ranks, in-process (default 1)
   --micro-batches N         most micro-batches a step is split into (default 2)
@@ -92,7 +99,14 @@ server_options parse_server_options(int argc, char** argv) {
     if (arg == "--host") o.host = std::string(v);
     else if (arg == "--port") o.port = parse_int<unsigned short>(arg, v, 0, 65535);
     else if (arg == "--model") o.engine.model = parse_model(v);
-    else if (arg == "--model-id") o.engine.model_id = std::string(v);
+    else if (arg == "--model-shape") {
+      try {
+        (void)model::llama_config::named(v);
+      } catch (const std::invalid_argument&) {
+        throw std::invalid_argument("--model-shape: expected 'tiny' or 'small', got '" + std::string(v) + "'");
+      }
+      o.engine.model.shape = std::string(v);
+    } else if (arg == "--model-id") o.engine.model_id = std::string(v);
     else if (arg == "--dcp-ranks") o.engine.dcp_ranks = parse_int<std::int32_t>(arg, v, 1, 64);
     else if (arg == "--micro-batches") o.engine.max_ubatches = parse_int<std::int32_t>(arg, v, 1, 64);
     else if (arg == "--max-running") o.engine.max_running = parse_int<std::int32_t>(arg, v, 1, i32max);

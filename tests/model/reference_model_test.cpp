@@ -6,6 +6,7 @@
 #include "sampling.hpp"
 
 #include "engine_rig.hpp"
+#include "logit_gap.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -18,6 +19,7 @@ using namespace cobatch;
 using namespace cobatch::engine;
 using namespace cobatch::engine::test;
 using namespace cobatch::model;
+using cobatch::test::top2_gap;
 
 namespace {
 
@@ -69,19 +71,6 @@ run_result generate(const llama_weights& w, const std::vector<generation_request
   out.outcomes = run_all(rig.loop, engine, requests);
   out.stats = engine.runner(0).stats();
   return out;
-}
-
-float top2_gap(const std::vector<float>& l) {
-  float a = -INFINITY, b = -INFINITY;
-  for (float x : l) {
-    if (x > a) {
-      b = a;
-      a = x;
-    } else if (x > b) {
-      b = x;
-    }
-  }
-  return a - b;
 }
 
 }  // namespace
@@ -179,4 +168,13 @@ TEST_CASE("reference model: safetensors weights round-trip; bad files are errors
   llama_config bad = c;
   bad.head_dim = 32;
   CHECK_THROWS_WITH(llama_weights::seeded(bad, 1), Catch::Contains("head_dim"));
+}
+
+TEST_CASE("reference model: shapes by name; an unknown name is an error naming it", "[model]") {
+  CHECK(llama_config::named("tiny").hidden == llama_config::tiny().hidden);
+  const llama_config small = llama_config::named("small");
+  CHECK(small.hidden == 512);
+  CHECK(small.num_heads % small.num_kv_heads == 0);
+  CHECK_NOTHROW(validate(small));
+  CHECK_THROWS_WITH(llama_config::named("huge"), "llama_config: unknown shape 'huge' (expected 'tiny' or 'small')");
 }

@@ -1,0 +1,160 @@
+// The reference model's host kernels: each operation is a host function on
+// the stream; matrix products through OpenBLAS (cblas_sgemm; cblas_sgemv for one row).
+#include "llama_kernels.hpp"
+
+#include "sampling.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace cobatch::model {
+
+namespace {
+
+// y[rows][out] = x[rows][in] * w[out][in]^T
+void matmul(const float* x, const std::vector<float>& w, float* y, std::int32_t rows, std::int32_t in, std::int32_t out) {
+  if (rows <= 0) return;
+  if (rows == 1) {
+    // One row (a lone decode): sgemm would first pack all of w, reading and
+    // writing it once more than the product itself reads it.
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w.data(), in, x, 1, 0.0f, y, 1);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, in, w.data(), in, 0.0f, y, out);
+}
+
+void rms_norm(const float* x, const std::vector<float>& w, float* y, std::int32_t rows, std::int32_t n, float eps) {
+  for (std::int32_t r = 0; r < rows; ++r) {
+    const float* xr = x + static_cast<std::ptrdiff_t>(r) * n;
+    float* yr = y + static_cast<std::ptrdiff_t>(r) * n;
+    double ss = 0.0;
+    for (std::int32_t i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const auto inv = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
+    for (std::int32_t i = 0; i < n; ++i) yr[i] = xr[i] * inv * w[static_cast<std::size_t>(i)];
+  }
+}
+
+class host_kernels final : public llama_kernels {
+ public:
+  explicit host_kernels(const llama_weights& w) : w_(&w), rope_inv_freq_(rope_inverse_frequencies(w.config)) {
+    // The stream's worker thread is the compute; BLAS threads on top would
+    // fight the other ranks' workers for the same cores.
+    openblas_set_num_threads(1);
+  }
+
+  void bind(llama_activations&, const engine::ubatch_io&) override {}
+
+  void embed(llama_activations& a, const engine::ubatch_io& io, std::int32_t rows, gpu::stream_ref s) override {
+    s.enqueue([this, &a, io, rows] {
+      const llama_config& c = w_->config;
+      float* x = a.x.data();
+      for (std::int32_t r = 0; r < rows; ++r) {
+        const std::int32_t t = std::clamp(io.token_ids[r], 0, c.vocab_size - 1);
+        std::copy_n(w_->embed.data() + static_cast<std::ptrdiff_t>(t) * c.hidden, c.hidden,
+                    x + static_cast<std::ptrdiff_t>(r) * c.hidden);
+      }
+    });
+  }
+
+  void pre_attention(llama_activations& a, const engine::ubatch_io& io, std::int32_t layer, std::int32_t rows,
+                     gpu::stream_ref s) override {
+    s.enqueue([this, &a, io, layer, rows] {
+      const llama_config& c = w_->config;
+      const llama_layer_weights& L = w_->layers[static_cast<std::size_t>(layer)];
+      rms_norm(a.x.data(), L.attn_norm, a.xn.data(), rows, c.hidden, c.rms_eps);
+      matmul(a.xn.data(), L.wq, a.q.data(), rows, c.hidden, c.q_dim());
+      matmul(a.xn.data(), L.wk, a.k.data(), rows, c.hidden, c.kv_dim());
+      matmul(a.xn.data(), L.wv, a.v.data(), rows, c.hidden, c.kv_dim());
+      // Rotary positions, rotate-half form (Llama's): pairs (i, i + d/2).
+      const std::int32_t half = c.head_dim / 2;
+      for (std::int32_t r = 0; r < rows; ++r) {
+        const auto pos = static_cast<float>(io.positions[r]);
+        for (std::int32_t i = 0; i < half; ++i) {
+          const float angle = pos * rope_inv_freq_[static_cast<std::size_t>(i)];
+          const float cs = std::cos(angle), sn = std::sin(angle);
+          auto apply = [&](float* vec, std::int32_t heads) {
+            for (std::int32_t h = 0; h < heads; ++h) {
+              float* hv = vec + static_cast<std::ptrdiff_t>(h) * c.head_dim;
+              const float x0 = hv[i], x1 = hv[i + half];
+              hv[i] = x0 * cs - x1 * sn;
+              hv[i + half] = x1 * cs + x0 * sn;
+            }
+          };
+          apply(a.q.data() + static_cast<std::ptrdiff_t>(r) * c.q_dim(), c.num_heads);
+          apply(a.k.data() + static_cast<std::ptrdiff_t>(r) * c.kv_dim(), c.num_kv_heads);
+        }
+      }
+    });
+  }
+
+  void post_attention(llama_activations& a, std::int32_t layer, std::int32_t rows, gpu::stream_ref s) override {
+    s.enqueue([this, &a, layer, rows] {
+      const llama_config& c = w_->config;
+      const llama_layer_weights& L = w_->layers[static_cast<std::size_t>(layer)];
+      const auto n = static_cast<std::size_t>(rows) * static_cast<std::size_t>(c.hidden);
+      matmul(a.attn.data(), L.wo, a.tmp.data(), rows, c.q_dim(), c.hidden);
+      float* x = a.x.data();
+      const float* t = a.tmp.data();
+      for (std::size_t i = 0; i < n; ++i) x[i] += t[i];
+      rms_norm(x, L.mlp_norm, a.xn.data(), rows, c.hidden, c.rms_eps);
+      matmul(a.xn.data(), L.w_gate, a.gate.data(), rows, c.hidden, c.intermediate);
+      matmul(a.xn.data(), L.w_up, a.up.data(), rows, c.hidden, c.intermediate);
+      float* g = a.gate.data();
+      const float* u = a.up.data();
+      const auto m = static_cast<std::size_t>(rows) * static_cast<std::size_t>(c.intermediate);
+      for (std::size_t i = 0; i < m; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];  // SwiGLU
+      matmul(g, L.w_down, a.tmp.data(), rows, c.intermediate, c.hidden);
+      for (std::size_t i = 0; i < n; ++i) x[i] += t[i];
+    });
+  }
+
+  void head_and_sample(llama_activations& a, const engine::ubatch_io& io, std::int32_t, gpu::stream_ref s) override {
+    s.enqueue([this, &a, io] {
+      const llama_config& c = w_->config;
+      a.sample_reqs.clear();
+      for (std::int32_t r = 0; r < io.counts[1]; ++r) {
+        const std::int32_t row = io.sample_rows[r];
+        if (row < 0) continue;
+        rms_norm(a.x.data() + static_cast<std::ptrdiff_t>(row) * c.hidden, w_->final_norm,
+                 a.rows.data() + static_cast<std::ptrdiff_t>(a.sample_reqs.size()) * c.hidden, 1, c.hidden, c.rms_eps);
+        a.sample_reqs.push_back(r);
+      }
+      const auto n = static_cast<std::int32_t>(a.sample_reqs.size());
+      matmul(a.rows.data(), w_->lm_head, a.logits.data(), n, c.hidden, c.vocab_size);
+      for (std::int32_t i = 0; i < n; ++i) {
+        const std::int32_t r = a.sample_reqs[static_cast<std::size_t>(i)];
+        const std::span<const float> logits(a.logits.data() + static_cast<std::ptrdiff_t>(i) * c.vocab_size,
+                                            static_cast<std::size_t>(c.vocab_size));
+        io.sampled[io.req_slots[r]] =
+            sample_token(logits, io.temperature[r], io.top_p[r], io.seed[r], io.sample_index[r], a.scratch);
+        if (io.logits != nullptr)
+          std::copy(logits.begin(), logits.end(), io.logits + static_cast<std::ptrdiff_t>(io.req_slots[r]) * c.vocab_size);
+      }
+    });
+  }
+
+ private:
+  const llama_weights* w_;
+  std::vector<float> rope_inv_freq_;
+};
+
+}  // namespace
+
+std::vector<float> rope_inverse_frequencies(const llama_config& c) {
+  std::vector<float> f;
+  for (std::int32_t i = 0; i < c.head_dim / 2; ++i)
+    f.push_back(std::pow(c.rope_theta, -2.0f * static_cast<float>(i) / static_cast<float>(c.head_dim)));
+  return f;
+}
+
+std::unique_ptr<llama_kernels> make_host_kernels(const llama_weights& weights) {
+  return std::make_unique<host_kernels>(weights);
+}
+
+}  // namespace cobatch::model
