@@ -42,10 +42,15 @@ void rms_norm(const float* x, const std::vector<float>& w, float* y, std::int32_
 
 class host_kernels final : public llama_kernels {
  public:
-  explicit host_kernels(const llama_weights& w) : w_(&w), rope_inv_freq_(rope_inverse_frequencies(w.config)) {
-    // The stream's worker thread is the compute; BLAS threads on top would
-    // fight the other ranks' workers for the same cores.
-    openblas_set_num_threads(1);
+  host_kernels(const llama_weights& w, std::int32_t blas_threads)
+      : w_(&w), rope_inv_freq_(rope_inverse_frequencies(w.config)) {
+    // The stream's worker thread is the compute. With several ranks in one
+    // process BLAS threads on top would fight the other ranks' workers for
+    // the same cores, hence one by default; a lone rank may use the cores.
+    if (blas_threads < 1)
+      throw std::invalid_argument("make_host_kernels: blas_threads " + std::to_string(blas_threads) +
+                                  " is not positive");
+    openblas_set_num_threads(blas_threads);
   }
 
   void bind(llama_activations&, const engine::ubatch_io&) override {}
@@ -153,8 +158,8 @@ std::vector<float> rope_inverse_frequencies(const llama_config& c) {
   return f;
 }
 
-std::unique_ptr<llama_kernels> make_host_kernels(const llama_weights& weights) {
-  return std::make_unique<host_kernels>(weights);
+std::unique_ptr<llama_kernels> make_host_kernels(const llama_weights& weights, std::int32_t blas_threads) {
+  return std::make_unique<host_kernels>(weights, blas_threads);
 }
 
 }  // namespace cobatch::model

@@ -59,12 +59,15 @@ class llama_kernels {
 /// every backend, so that they rotate by the same angles.
 std::vector<float> rope_inverse_frequencies(const llama_config& c);
 
-/// The host backend's kernels (OpenBLAS).
-std::unique_ptr<llama_kernels> make_host_kernels(const llama_weights& weights);
+/// The host backend's kernels (OpenBLAS). OpenBLAS's thread count is one
+/// setting for the whole process: each call sets it to `blas_threads`, so
+/// every rank of a process should be given the same count.
+std::unique_ptr<llama_kernels> make_host_kernels(const llama_weights& weights, std::int32_t blas_threads = 1);
 
 /// The kernels for `device`'s backend. Throws std::invalid_argument for a
 /// backend this build has no kernels for (CUDA where the model was built
-/// without it).
-std::unique_ptr<llama_kernels> make_llama_kernels(gpu::device& device, const llama_weights& weights);
+/// without it). `blas_threads` is the host kernels' (make_host_kernels).
+std::unique_ptr<llama_kernels> make_llama_kernels(gpu::device& device, const llama_weights& weights,
+                                                  std::int32_t blas_threads = 1);
 
 }  // namespace cobatch::model

@@ -12,10 +12,11 @@
 
 namespace cobatch::model {
 
-std::unique_ptr<llama_kernels> make_llama_kernels(gpu::device& device, const llama_weights& weights) {
+std::unique_ptr<llama_kernels> make_llama_kernels(gpu::device& device, const llama_weights& weights,
+                                                  std::int32_t blas_threads) {
   switch (device.backend()) {
     case gpu::backend_kind::host:
-      return make_host_kernels(weights);
+      return make_host_kernels(weights, blas_threads);
     case gpu::backend_kind::cuda:
 #if COBATCH_MODEL_WITH_CUDA
       return make_cuda_kernels(device, weights);
@@ -56,7 +57,7 @@ llama_model::llama_model(gpu::device& device, const llama_weights& weights, llam
   if (options.group != nullptr && device.backend() != gpu::backend_kind::host)
     throw std::invalid_argument("llama_model: a DCP group's communicators are the host backend's; device " +
                                 device.name() + " is not a host device");
-  kernels_ = make_llama_kernels(device, weights);
+  kernels_ = make_llama_kernels(device, weights, options.blas_threads);
   const llama_config& c = weights.config;
   stages_.push_back({op::embed_pre, 0});
   for (std::int32_t l = 0; l < c.num_layers; ++l) {

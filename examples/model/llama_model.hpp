@@ -43,6 +43,9 @@ struct llama_rank_options {
   std::int32_t rank = 0;
   /// The in-process DCP group; null for a single rank.
   dcp_group* group = nullptr;
+  /// Host kernels: OpenBLAS threads (one count for the whole process; give
+  /// every rank the same). CUDA kernels ignore it.
+  std::int32_t blas_threads = 1;
 };
 
 class llama_model final : public engine::step_model {

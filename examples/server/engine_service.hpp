@@ -43,6 +43,8 @@ struct engine_options {
   std::int32_t max_running = 256;
   std::int32_t kv_pages = 4096;  ///< KV pages per rank
   std::int32_t page_size = 16;   ///< tokens per page
+  /// The host model's BLAS threads; 0: the machine's cores over the ranks.
+  std::int32_t blas_threads = 0;
   /// Tokens per step: fixed when > 0, else the engine's tuner chooses it
   /// between min_token_budget and 8192, keeping steps under target_step_time.
   std::int32_t token_budget = 0;

@@ -5,8 +5,10 @@
 #include "llama_model.hpp"
 #include "llama_weights.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
+#include <thread>
 
 namespace cobatch::server {
 namespace {
@@ -34,11 +36,16 @@ loaded_model load_model(const engine_options& options, std::span<gpu::device* co
     if (options.model.shape != "tiny") m.card.id += "-" + options.model.shape;
   }
   const int world = static_cast<int>(devices.size());
+  // One rank may use every core for its matrix products (the HTTP side is
+  // I/O bound); several ranks share them, each on its own stream worker.
+  std::int32_t blas_threads = options.blas_threads;
+  if (blas_threads == 0)
+    blas_threads = std::max<std::int32_t>(1, static_cast<std::int32_t>(std::thread::hardware_concurrency()) / world);
   if (world > 1) state->group = std::make_unique<model::dcp_group>(world);
   for (int r = 0; r < world; ++r) {
     m.ranks.push_back(std::make_unique<model::llama_model>(
         *devices[static_cast<std::size_t>(r)], state->weights,
-        model::llama_rank_options{options.kv_pages, options.page_size, r, state->group.get()}));
+        model::llama_rank_options{options.kv_pages, options.page_size, r, state->group.get(), blas_threads}));
   }
   m.shared = state;
   m.card.vocab_size = static_cast<std::size_t>(config.vocab_size);

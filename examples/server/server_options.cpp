@@ -61,6 +61,8 @@ continuously, tokens streamed back as server-sent events.
   --max-running N           most requests in the running batch (default 256)
   --kv-pages N              KV cache pages per rank: the memory limit (default 4096)
   --page-size N             tokens per KV page (default 16)
+  --blas-threads N          the host model's BLAS threads (default 0: the
+                            machine's cores over the DCP ranks)
   --token-budget N          tokens per engine step, fixed (default 0: tuned)
   --min-token-budget N      the tuner's floor (default 256)
   --target-step-ms N        the tuner keeps steps under this (default 50)
@@ -112,6 +114,7 @@ server_options parse_server_options(int argc, char** argv) {
     else if (arg == "--max-running") o.engine.max_running = parse_int<std::int32_t>(arg, v, 1, i32max);
     else if (arg == "--kv-pages") o.engine.kv_pages = parse_int<std::int32_t>(arg, v, 1, i32max);
     else if (arg == "--page-size") o.engine.page_size = parse_int<std::int32_t>(arg, v, 1, 65536);
+    else if (arg == "--blas-threads") o.engine.blas_threads = parse_int<std::int32_t>(arg, v, 0, 1024);
     else if (arg == "--token-budget") o.engine.token_budget = parse_int<std::int32_t>(arg, v, 0, 1 << 20);
     else if (arg == "--min-token-budget") o.engine.min_token_budget = parse_int<std::int32_t>(arg, v, 1, 8192);
     else if (arg == "--target-step-ms") o.engine.target_step_time = ms(arg);

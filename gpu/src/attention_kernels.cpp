@@ -43,29 +43,21 @@ void dispatch(backend_kind backend, const Args& args, stream_ref s, Host host_fn
 
 }  // namespace
 
-void enqueue_paged_attention(backend_kind b, const paged_attention_args& a, stream_ref s) {
-  dispatch(b, a, s, &host::paged_attention, COBATCH_CUDA_KERNEL(paged_attention), "paged attention");
-}
-void enqueue_chunk_merge(backend_kind b, const chunk_merge_args& a, stream_ref s) {
-  dispatch(b, a, s, &host::chunk_merge, COBATCH_CUDA_KERNEL(chunk_merge), "chunk merge");
-}
-void enqueue_lse_merge(backend_kind b, const lse_merge_args& a, stream_ref s) {
-  dispatch(b, a, s, &host::lse_merge, COBATCH_CUDA_KERNEL(lse_merge), "LSE merge");
-}
-void enqueue_lse_correct(backend_kind b, const lse_correct_args& a, stream_ref s) {
-  dispatch(b, a, s, &host::lse_correct, COBATCH_CUDA_KERNEL(lse_correct), "LSE correction");
-}
-void enqueue_convert(backend_kind b, const convert_args& a, stream_ref s) {
-  dispatch(b, a, s, &host::convert, COBATCH_CUDA_KERNEL(convert), "convert");
-}
-void enqueue_kv_scatter(backend_kind b, const kv_scatter_args& a, stream_ref s) {
-  dispatch(b, a, s, &host::kv_scatter, COBATCH_CUDA_KERNEL(kv_scatter), "KV scatter");
-}
-void enqueue_kv_append(backend_kind b, const kv_append_args& a, stream_ref s) {
-  dispatch(b, a, s, &host::kv_append, COBATCH_CUDA_KERNEL(kv_append), "KV append");
-}
-void enqueue_kv_gather(backend_kind b, const kv_gather_args& a, stream_ref s) {
-  dispatch(b, a, s, &host::kv_gather, COBATCH_CUDA_KERNEL(kv_gather), "KV gather");
-}
+// Each entry point hands its arguments, its host kernel and its CUDA kernel
+// to dispatch().
+#define COBATCH_ATTENTION_ENTRY(kernel, args, label)                        \
+  void enqueue_##kernel(backend_kind b, const args& a, stream_ref s) {      \
+    dispatch(b, a, s, &host::kernel, COBATCH_CUDA_KERNEL(kernel), label);   \
+  }
+COBATCH_ATTENTION_ENTRY(paged_attention, paged_attention_args, "paged attention")
+COBATCH_ATTENTION_ENTRY(chunk_merge, chunk_merge_args, "chunk merge")
+COBATCH_ATTENTION_ENTRY(lse_merge, lse_merge_args, "LSE merge")
+COBATCH_ATTENTION_ENTRY(lse_correct, lse_correct_args, "LSE correction")
+COBATCH_ATTENTION_ENTRY(convert, convert_args, "convert")
+COBATCH_ATTENTION_ENTRY(kv_scatter, kv_scatter_args, "KV scatter")
+COBATCH_ATTENTION_ENTRY(kv_append, kv_append_args, "KV append")
+COBATCH_ATTENTION_ENTRY(kv_gather, kv_gather_args, "KV gather")
+#undef COBATCH_ATTENTION_ENTRY
+#undef COBATCH_CUDA_KERNEL
 
 }  // namespace cobatch::gpu::kernels

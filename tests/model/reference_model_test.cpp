@@ -1,4 +1,5 @@
 #include "llama_model.hpp"
+#include "llama_kernels.hpp"
 
 #include "byte_tokenizer.hpp"
 #include "dcp_group.hpp"
@@ -177,4 +178,10 @@ TEST_CASE("reference model: shapes by name; an unknown name is an error naming i
   CHECK(small.num_heads % small.num_kv_heads == 0);
   CHECK_NOTHROW(validate(small));
   CHECK_THROWS_WITH(llama_config::named("huge"), "llama_config: unknown shape 'huge' (expected 'tiny' or 'small')");
+}
+
+TEST_CASE("reference model: host BLAS threads must be positive", "[model]") {
+  const llama_weights w = llama_weights::seeded(llama_config::tiny(), 1);
+  CHECK_THROWS_WITH(make_host_kernels(w, 0), "make_host_kernels: blas_threads 0 is not positive");
+  CHECK(make_host_kernels(w, 1) != nullptr);
 }

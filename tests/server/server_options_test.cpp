@@ -39,6 +39,8 @@ TEST_CASE("server options: the model's source and shape", "[server][options]") {
   CHECK(o.engine.model.shape == "small");
 
   CHECK(parse({"--model", "weights/w.safetensors"}).engine.model.safetensors == "weights/w.safetensors");
+  CHECK(defaults.engine.blas_threads == 0);
+  CHECK(parse({"--blas-threads", "3"}).engine.blas_threads == 3);
 }
 
 TEST_CASE("server options: bad values name the option and the value", "[server][options]") {
@@ -46,6 +48,7 @@ TEST_CASE("server options: bad values name the option and the value", "[server][
   CHECK_THAT(error_of({"--model", "weights.bin"}), Catch::Contains("--model") && Catch::Contains("weights.bin"));
   CHECK_THAT(error_of({"--port", "70000"}), Catch::Contains("--port") && Catch::Contains("70000"));
   CHECK_THAT(error_of({"--micro-batches", "0"}), Catch::Contains("--micro-batches"));
+  CHECK_THAT(error_of({"--blas-threads", "-1"}), Catch::Contains("--blas-threads") && Catch::Contains("-1"));
   CHECK(error_of({"--kv-pages"}) == "--kv-pages: missing value (see --help)");
   CHECK(error_of({"--no-such", "1"}) == "unknown option '--no-such' (see --help)");
 }

@@ -68,6 +68,103 @@ void grow(std::vector<T>& v, std::size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
+// Pages that hold `len` tokens.
+constexpr std::int64_t page_count(std::int64_t len, std::int32_t page_size) noexcept {
+  return (len + page_size - 1) / page_size;
+}
+
+// What pass 1 learns about the requests. The flags are ints so that the loop
+// folds them with `|`, without a branch.
+struct request_scan {
+  std::int64_t local = 0;               // KV tokens of this rank's shards
+  std::int64_t splittable = 0;          // those of requests of at most max_split_query_len rows
+  std::int64_t longest_splittable = 0;  // the longest such shard
+  std::int64_t appended = 0;            // query tokens this rank owns (DCP only)
+  std::int32_t min_q = std::numeric_limits<std::int32_t>::max();
+  std::int32_t max_q = 0;
+  int bad_batch = 0;  // a query offset decreases or a query exceeds its seq_len
+  int bad_pages = 0;  // a request's page count differs from its shard's need
+};
+
+// The loop runs for every request of every step, so it is specialised on
+// what would otherwise be branches or divisions per request: without DCP the
+// shard is the sequence, and a power-of-two page size divides by shifting.
+// Every check folds into a flag (the error paths find the first offender
+// afterwards), the reductions are branch-free, and the request table is
+// written in the same pass while the request's lines are in L1.
+template <bool whole, bool pow2>
+request_scan scan_requests_as(const std::int32_t* __restrict seq, const std::int32_t* __restrict loc,
+                              const std::int32_t* __restrict ip, std::int32_t reqs, const dcp_layout& dcp,
+                              std::int32_t ps, gpu::kernels::attention_request* __restrict rq) noexcept {
+  const int shift = std::countr_zero(static_cast<std::uint32_t>(ps));
+  const std::int32_t mask = ps - 1;
+  // 32-bit lanes throughout (SSE2 has no 64-bit compares): lengths are
+  // summed as unsigned, exact whenever the batch is valid (a negative length
+  // is reported before the sums are used).
+  std::uint64_t local = 0;
+  std::uint64_t splittable = 0;
+  std::int32_t longest = 0;
+  std::int64_t appended = 0;
+  std::int32_t min_q = std::numeric_limits<std::int32_t>::max();
+  std::int32_t max_q = 0;
+  int bad_batch = 0;
+  int bad_pages = 0;
+  for (std::int32_t i = 0; i < reqs; ++i) {
+    const std::int32_t q0 = loc[i];
+    const std::int32_t q1 = loc[i + 1];
+    // Wrapping differences: their values only matter when the offsets do
+    // not decrease, where they are exact.
+    const auto ql = static_cast<std::int32_t>(static_cast<std::uint32_t>(q1) - static_cast<std::uint32_t>(q0));
+    const std::int32_t s_len = seq[i];
+    bad_batch |= static_cast<int>(q1 < q0) | static_cast<int>(s_len < ql);
+    min_q = ql < min_q ? ql : min_q;
+    max_q = ql > max_q ? ql : max_q;
+    std::int32_t len = s_len;
+    if constexpr (!whole) {
+      len = static_cast<std::int32_t>(dcp.local_length(s_len));
+      appended += len - dcp.local_length(static_cast<std::int64_t>(s_len) - ql);
+    }
+    std::int32_t need;
+    if constexpr (pow2) {
+      need = (len >> shift) + static_cast<std::int32_t>((len & mask) != 0);
+    } else {
+      need = len / ps + static_cast<std::int32_t>(len % ps != 0);
+    }
+    const std::uint32_t have = static_cast<std::uint32_t>(ip[i + 1]) - static_cast<std::uint32_t>(ip[i]);
+    bad_pages |= static_cast<int>(ip[i + 1] < ip[i]) | static_cast<int>(have != static_cast<std::uint32_t>(need));
+    local += static_cast<std::uint32_t>(len);
+    // A mask, not a select: a select feeding a 64-bit sum defeats GCC's
+    // vectoriser.
+    const std::int32_t split_len = len & -static_cast<std::int32_t>(ql <= max_split_query_len);
+    splittable += static_cast<std::uint32_t>(split_len);
+    longest = split_len > longest ? split_len : longest;
+  }
+  // The table in a loop of its own: its five-field stores would keep the
+  // checks above from being vectorised.
+  for (std::int32_t i = 0; i < reqs; ++i) {
+    const std::int32_t s_len = seq[i];
+    std::int32_t len = s_len;
+    if constexpr (!whole) len = static_cast<std::int32_t>(dcp.local_length(s_len));
+    rq[i] = {loc[i], static_cast<std::int32_t>(static_cast<std::uint32_t>(loc[i + 1]) - static_cast<std::uint32_t>(loc[i])),
+             s_len, ip[i], len};
+  }
+  return {static_cast<std::int64_t>(local), static_cast<std::int64_t>(splittable), longest, appended, min_q, max_q,
+          bad_batch, bad_pages};
+}
+
+request_scan scan_requests(const std::int32_t* seq, const std::int32_t* loc, const std::int32_t* ip,
+                           std::int32_t reqs, const dcp_layout& dcp, std::int32_t ps,
+                           gpu::kernels::attention_request* rq) noexcept {
+  const bool whole = dcp.world == 1;
+  const bool pow2 = (ps & (ps - 1)) == 0;
+  if (whole) {
+    return pow2 ? scan_requests_as<true, true>(seq, loc, ip, reqs, dcp, ps, rq)
+                : scan_requests_as<true, false>(seq, loc, ip, reqs, dcp, ps, rq);
+  }
+  return pow2 ? scan_requests_as<false, true>(seq, loc, ip, reqs, dcp, ps, rq)
+              : scan_requests_as<false, false>(seq, loc, ip, reqs, dcp, ps, rq);
+}
+
 }  // namespace
 
 struct attention_planner {
@@ -103,55 +200,33 @@ struct attention_planner {
     const std::int32_t* ip = indptr.data();
 
     // Pass 1, one per request: batch checks, shard lengths, page counts, the
-    // request table, and the KV that may be split. Divisions cost tens of
-    // cycles and this loop runs for every request of every step: without DCP
-    // the shard is the sequence, and a power-of-two page size divides by
-    // shifting.
+    // request table, and the KV that may be split (see scan_requests).
     grow(out.requests_, static_cast<std::size_t>(reqs));
     gpu::kernels::attention_request* rq = out.requests_.data();
-    const bool whole = dcp.world == 1;
-    const bool pow2 = (ps & (ps - 1)) == 0;
-    const int shift = std::countr_zero(static_cast<std::uint32_t>(ps));
-    std::int64_t total_local = 0;
-    std::int64_t splittable = 0;
-    std::int32_t appended = 0;
-    std::int64_t longest_splittable = 0;
-    std::int32_t min_q = std::numeric_limits<std::int32_t>::max();
-    std::int32_t max_q = 0;
-    bool bad_batch = false;
-    std::int32_t bad_pages = -1;
-    for (std::int32_t i = 0; i < reqs; ++i) {
-      const std::int32_t q0 = loc[i];
-      const std::int32_t ql = loc[i + 1] - q0;
-      const std::int32_t s_len = seq[i];
-      bad_batch |= (ql < 0) | (s_len < ql);
-      min_q = ql < min_q ? ql : min_q;
-      max_q = ql > max_q ? ql : max_q;
-      const std::int64_t len = whole ? s_len : dcp.local_length(s_len);
-      const std::int64_t need = pow2 ? (len + ps - 1) >> shift : (len + ps - 1) / ps;
-      if (ip[i + 1] - ip[i] != need && bad_pages < 0) bad_pages = i;
-      total_local += len;
-      const std::int64_t split_len = ql <= max_split_query_len ? len : 0;
-      splittable += split_len;
-      longest_splittable = split_len > longest_splittable ? split_len : longest_splittable;
-      appended += whole ? ql : static_cast<std::int32_t>(len - dcp.local_length(static_cast<std::int64_t>(s_len) - ql));
-      rq[i] = {q0, ql, s_len, ip[i], static_cast<std::int32_t>(len)};
-    }
-    if (bad_batch) {
+    const request_scan scan = scan_requests(seq, loc, ip, reqs, dcp, ps, rq);
+    if (scan.bad_batch != 0) {
       batch_shape ignored;
       if (const fault f = detail::check_batch(bv, ignored, detail)) return f;
     }
-    if (bad_pages >= 0) {
-      const std::int32_t i = bad_pages;
+    if (scan.bad_pages != 0) {
+      // Only on failure: the first request whose page count is off.
+      std::int32_t i = 0;
+      while (i + 1 < reqs && std::int64_t{ip[i + 1]} - ip[i] == page_count(dcp.local_length(seq[i]), ps)) ++i;
       if (ip[i + 1] < ip[i]) {
         return fail(detail, errc::length_mismatch, "plan_attention: page table indptr[", i + 1, "]=", ip[i + 1],
                     " is less than indptr[", i, "]=", ip[i]);
       }
       const std::int64_t len = dcp.local_length(seq[i]);
-      return fail(detail, errc::length_mismatch, "plan_attention: request ", i, " has ", ip[i + 1] - ip[i],
+      return fail(detail, errc::length_mismatch, "plan_attention: request ", i, " has ", std::int64_t{ip[i + 1]} - ip[i],
                   " pages; its shard of seq_len=", seq[i], " holds ", len, " tokens on dcp rank ", dcp.rank,
-                  ", which need ", (len + ps - 1) / ps, " pages of ", ps);
+                  ", which need ", page_count(len, ps), " pages of ", ps);
     }
+    const std::int64_t total_local = scan.local;
+    const std::int64_t splittable = scan.splittable;
+    const std::int64_t longest_splittable = scan.longest_splittable;
+    const std::int32_t appended = dcp.world == 1 ? bv.num_tokens : static_cast<std::int32_t>(scan.appended);
+    const std::int32_t min_q = scan.min_q;
+    const std::int32_t max_q = scan.max_q;
     const batch_shape shape{reqs, bv.num_tokens, min_q, max_q};
     const std::int32_t used = ip[reqs];
     if (static_cast<std::size_t>(used) > indices.size()) {
@@ -159,15 +234,18 @@ struct attention_planner {
                   " runs past its ", indices.size(), " indices");
     }
     if (in.pages.checked_num_pages() != cache.num_pages) {
+      // The largest index as unsigned (a negative one is huge): a branch-free
+      // reduction the compiler vectorises; the first offender is looked for
+      // only when there is one.
       const std::int32_t* idx = indices.data();
-      std::int32_t bad = -1;
+      std::uint32_t top = 0;
       for (std::int32_t k = 0; k < used; ++k) {
-        if (static_cast<std::uint32_t>(idx[k]) >= static_cast<std::uint32_t>(cache.num_pages)) {
-          bad = k;
-          break;
-        }
+        const auto x = static_cast<std::uint32_t>(idx[k]);
+        top = x > top ? x : top;
       }
-      if (bad >= 0) {
+      if (used > 0 && top >= static_cast<std::uint32_t>(cache.num_pages)) {
+        std::int32_t bad = 0;
+        while (static_cast<std::uint32_t>(idx[bad]) < static_cast<std::uint32_t>(cache.num_pages)) ++bad;
         std::int32_t r = 0;
         while (ip[r + 1] <= bad) ++r;
         return fail(detail, errc::invalid_argument, "plan_attention: request ", r, "'s page ", bad - ip[r], " is ",

@@ -1,5 +1,6 @@
 #include "cobatch/engine/attention/batch_attention.hpp"
 
+#include "kv_pool_args.hpp"
 #include "message.hpp"
 
 #include <cobatch/gpu/copy.hpp>
@@ -88,6 +89,21 @@ batch_attention::batch_attention(gpu::device& device, paged_kv_cache& cache, con
 
 batch_attention::~batch_attention() = default;
 
+namespace {
+
+// A successful plan's share of the statistics.
+void count_plan(attention_stats& stats, std::chrono::steady_clock::time_point start, const attention_plan& plan) {
+  const auto ns = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
+  ++stats.plans;
+  stats.plan_ns_total += ns;
+  stats.plan_ns_max = std::max(stats.plan_ns_max, ns);
+  stats.planned_requests += static_cast<std::uint64_t>(plan.num_reqs());
+  stats.planned_kv_tokens += static_cast<std::uint64_t>(plan.local_kv_tokens());
+}
+
+}  // namespace
+
 void batch_attention::plan(const attention_batch& batch, attention_plan& out) {
   const auto start = std::chrono::steady_clock::now();
   try {
@@ -96,13 +112,7 @@ void batch_attention::plan(const attention_batch& batch, attention_plan& out) {
     ++stats_.plan_failures;
     throw;
   }
-  const auto ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
-  ++stats_.plans;
-  stats_.plan_ns_total += ns;
-  stats_.plan_ns_max = std::max(stats_.plan_ns_max, ns);
-  stats_.planned_requests += static_cast<std::uint64_t>(out.num_reqs());
-  stats_.planned_kv_tokens += static_cast<std::uint64_t>(out.local_kv_tokens());
+  count_plan(stats_, start, out);
 }
 
 void batch_attention::plan(const attention_batch& batch, attention_plan& out, std::error_code& ec) noexcept {
@@ -112,13 +122,7 @@ void batch_attention::plan(const attention_batch& batch, attention_plan& out, st
     ++stats_.plan_failures;
     return;
   }
-  const auto ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
-  ++stats_.plans;
-  stats_.plan_ns_total += ns;
-  stats_.plan_ns_max = std::max(stats_.plan_ns_max, ns);
-  stats_.planned_requests += static_cast<std::uint64_t>(out.num_reqs());
-  stats_.planned_kv_tokens += static_cast<std::uint64_t>(out.local_kv_tokens());
+  count_plan(stats_, start, out);
 }
 
 void batch_attention::reserve(const attention_plan& plan, gpu::stream_ref /*s*/) {
@@ -379,12 +383,7 @@ void batch_attention::enqueue_append_kernel(const attention_plan& plan, void* la
   const auto& ws = state_->workspace;
   const auto& lay = plan.workspace();
   kn::kv_append_args a;
-  a.storage = cc.storage;
-  a.kv_pages = layer_pages;
-  a.num_pages = cc.num_pages;
-  a.page_size = cc.page_size;
-  a.num_kv_heads = cc.num_kv_heads;
-  a.head_dim = cc.head_dim;
+  detail::set_pool(a, cc, layer_pages);
   a.k = k;
   a.v = v;
   a.requests = at<kn::attention_request>(ws, lay.requests);

@@ -1,6 +1,7 @@
 #include "cobatch/engine/attention/kv_handoff.hpp"
 
 #include "attention_check.hpp"
+#include "kv_pool_args.hpp"
 #include "message.hpp"
 
 #include <cobatch/gpu/copy.hpp>
@@ -170,25 +171,33 @@ void kv_handoff::enqueue_transfer(gpu::stream_ref s) {
       fn(l, block, static_cast<std::int32_t>(n), slots + st.slot_offset[static_cast<std::size_t>(q)]);
     }
   };
-  if (sender) {
+  // Both halves copy the same rows between the cache and the staging
+  // messages, in opposite directions: the sender gathers before the sends,
+  // the receiver scatters after the receives.
+  auto copy_rows = [&] {
     for (std::int32_t q = 0; q < peers; ++q) {
       for_each_layer_block(q, [&](std::int32_t l, std::byte* block, std::int32_t n, const std::int32_t* sl) {
-        kn::kv_gather_args g;
-        g.storage = cc.storage;
-        g.kv_pages = cache_->layer(l).data();
-        g.num_pages = cc.num_pages;
-        g.page_size = cc.page_size;
-        g.num_kv_heads = cc.num_kv_heads;
-        g.head_dim = cc.head_dim;
-        g.slots = sl;
-        g.num_rows = n;
-        g.k = block;
-        g.v = block + static_cast<std::size_t>(row) * elem;
-        g.row_stride = 2 * row;
-        kn::enqueue_kv_gather(backend, g, s);
+        auto fill = [&](auto& a) {
+          detail::set_pool(a, cc, cache_->layer(l).data());
+          a.k = block;
+          a.v = block + static_cast<std::size_t>(row) * elem;
+          a.row_stride = 2 * row;
+          a.slots = sl;
+          a.num_rows = n;
+        };
+        if (sender) {
+          kn::kv_gather_args g;
+          fill(g);
+          kn::enqueue_kv_gather(backend, g, s);
+        } else {
+          kn::kv_scatter_args a;
+          fill(a);
+          kn::enqueue_kv_scatter(backend, a, s);
+        }
       });
     }
-  }
+  };
+  if (sender) copy_rows();
   {
     gpu::group_guard group(*comm_);
     for (std::int32_t q = 0; q < peers; ++q) {
@@ -203,25 +212,7 @@ void kv_handoff::enqueue_transfer(gpu::stream_ref s) {
     }
     group.end();
   }
-  if (!sender) {
-    for (std::int32_t q = 0; q < peers; ++q) {
-      for_each_layer_block(q, [&](std::int32_t l, std::byte* block, std::int32_t n, const std::int32_t* sl) {
-        kn::kv_scatter_args a;
-        a.storage = cc.storage;
-        a.kv_pages = cache_->layer(l).data();
-        a.num_pages = cc.num_pages;
-        a.page_size = cc.page_size;
-        a.num_kv_heads = cc.num_kv_heads;
-        a.head_dim = cc.head_dim;
-        a.k = block;
-        a.v = block + static_cast<std::size_t>(row) * elem;
-        a.row_stride = 2 * row;
-        a.slots = sl;
-        a.num_rows = n;
-        kn::enqueue_kv_scatter(backend, a, s);
-      });
-    }
-  }
+  if (!sender) copy_rows();
   bytes_moved_ += planned_bytes();
 }
 

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace cobatch::gpu::cuda::attention_launch {
 namespace {
@@ -191,43 +192,49 @@ __global__ void chunk_merge_kernel(kernels::chunk_merge_args a) {
   if (lane == 0 && a.out_lse != nullptr) a.out_lse[out_row] = m == -INFINITY ? m : (m + logf(sum)) * a.lse_out_scale;
 }
 
-// One warp per row, rows grid-strided; lane i holds shard i's weight.
+// Shard i's unnormalised weight in row r: 0 where its LSE is -inf, +inf or
+// NaN (it adds nothing), the only place such shards are told apart.
+__device__ __forceinline__ float shard_weight(const kernels::lse_merge_args& a, int i, long long r, float m) {
+  const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
+  return finite(l) ? __expf(l - m) : 0.0f;
+}
+
+// One warp per row, rows grid-strided. The weights come first, lane i
+// holding shard i's (shards beyond 32 are recomputed where used); the sum
+// over head_dim then reads each shard's values once, and skips a shard of
+// weight 0 on a branch that is the same for the whole warp.
 __global__ void lse_merge_kernel(kernels::lse_merge_args a) {
   const int lane = threadIdx.x % warp;
   const long long warps = static_cast<long long>(gridDim.x) * (blockDim.x / warp);
   for (long long r = blockIdx.x * static_cast<long long>(blockDim.x / warp) + threadIdx.x / warp; r < a.rows;
        r += warps) {
-    // Shards beyond 32 are folded in by lanes looping.
     float m = -INFINITY;
     for (int i = lane; i < a.num_shards; i += warp) {
       const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
       if (finite(l)) m = fmaxf(m, l);
     }
     m = warp_max(m);
-    float* out_f32 = a.out_type == gpu::data_type::f32 ? static_cast<float*>(a.out) : nullptr;
     if (m == -INFINITY) {
       for (int e = lane; e < a.head_dim; e += warp) store_out(a.out, a.out_type, r * a.head_dim + e, 0.0f);
       if (lane == 0 && a.out_lse != nullptr) a.out_lse[r] = -INFINITY;
       continue;
     }
     float part = 0.0f;
-    for (int i = lane; i < a.num_shards; i += warp) {
-      const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
-      if (finite(l)) part += __expf(l - m);
-    }
+    for (int i = lane; i < a.num_shards; i += warp) part += shard_weight(a, i, r, m);
     const float sum = warp_sum(part);
     const float inv = 1.0f / sum;
-    for (int e = lane; e < a.head_dim; e += warp) {
+    const float mine = lane < a.num_shards ? shard_weight(a, lane, r, m) * inv : 0.0f;
+    // Every lane runs every pass (the shuffle needs the whole warp); lanes
+    // past head_dim only skip the loads and the store.
+    for (int e0 = 0; e0 < a.head_dim; e0 += warp) {
+      const int e = e0 + lane;
+      const bool in = e < a.head_dim;
       float x = 0.0f;
       for (int i = 0; i < a.num_shards; ++i) {
-        const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
-        if (finite(l)) x += __expf(l - m) * inv * a.shard_out[i * a.shard_out_stride + r * a.head_dim + e];
+        const float w = i < warp ? __shfl_sync(0xffffffffu, mine, i) : shard_weight(a, i, r, m) * inv;
+        if (in && w != 0.0f) x += w * a.shard_out[i * a.shard_out_stride + r * a.head_dim + e];
       }
-      if (out_f32 != nullptr) {
-        out_f32[r * a.head_dim + e] = x;
-      } else {
-        store_out(a.out, a.out_type, r * a.head_dim + e, x);
-      }
+      if (in) store_out(a.out, a.out_type, r * a.head_dim + e, x);
     }
     if (lane == 0 && a.out_lse != nullptr) a.out_lse[r] = (m + logf(sum)) * a.lse_out_scale;
   }
@@ -276,9 +283,10 @@ __global__ void convert_kernel(kernels::convert_args a) {
   }
 }
 
-// Element copies by slot; T only sets the width (bit copies).
-template <class T>
-__global__ void kv_scatter_kernel(kernels::kv_scatter_args a) {
+// Element copies by slot between a pool and row buffers; T only sets the
+// width (bit copies). ToPool: a scatter (rows into the pool), else a gather.
+template <class T, bool ToPool, class Args>
+__global__ void kv_rows_kernel(Args a) {
   const long long row = static_cast<long long>(a.num_kv_heads) * a.head_dim;
   const long long total = row * a.num_rows;
   const long long half_page = static_cast<long long>(a.page_size) * row;
@@ -288,26 +296,17 @@ __global__ void kv_scatter_kernel(kernels::kv_scatter_args a) {
     const long long e = idx % row;
     const int slot = a.slots[i];
     if (slot < 0) continue;
-    T* dst = static_cast<T*>(a.kv_pages) + (slot / a.page_size) * 2 * half_page + (slot % a.page_size) * row + e;
-    dst[0] = static_cast<const T*>(a.k)[i * a.row_stride + e];
-    dst[half_page] = static_cast<const T*>(a.v)[i * a.row_stride + e];
-  }
-}
-
-template <class T>
-__global__ void kv_gather_kernel(kernels::kv_gather_args a) {
-  const long long row = static_cast<long long>(a.num_kv_heads) * a.head_dim;
-  const long long total = row * a.num_rows;
-  const long long half_page = static_cast<long long>(a.page_size) * row;
-  for (long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const long long i = idx / row;
-    const long long e = idx % row;
-    const int slot = a.slots[i];
-    if (slot < 0) continue;
-    const T* src = static_cast<const T*>(a.kv_pages) + (slot / a.page_size) * 2 * half_page + (slot % a.page_size) * row + e;
-    static_cast<T*>(a.k)[i * a.row_stride + e] = src[0];
-    static_cast<T*>(a.v)[i * a.row_stride + e] = src[half_page];
+    const long long pool = (slot / a.page_size) * 2 * half_page + (slot % a.page_size) * row + e;
+    const long long buf = i * a.row_stride + e;
+    if constexpr (ToPool) {
+      T* dst = static_cast<T*>(a.kv_pages) + pool;
+      dst[0] = static_cast<const T*>(a.k)[buf];
+      dst[half_page] = static_cast<const T*>(a.v)[buf];
+    } else {
+      const T* src = static_cast<const T*>(a.kv_pages) + pool;
+      static_cast<T*>(a.k)[buf] = src[0];
+      static_cast<T*>(a.v)[buf] = src[half_page];
+    }
   }
 }
 
@@ -347,6 +346,38 @@ unsigned grid_for(long long n, int block) {
   return static_cast<unsigned>(g < 1 ? 1 : g);
 }
 
+// The one place the attention's storage type becomes an element type: f32,
+// or bf16 as its bits.
+template <class Fn>
+int with_element_type(gpu::data_type storage, Fn&& fn) {
+  if (storage == gpu::data_type::bf16) return fn(std::uint16_t{});
+  return fn(float{});
+}
+
+// The KV copies move bits: the element type only sets the width.
+template <class Fn>
+int with_element_width(gpu::data_type storage, Fn&& fn) {
+  if (gpu::size_of(storage) == 4) return fn(std::uint32_t{});
+  return fn(std::uint16_t{});
+}
+
+template <class Fn>
+int with_head_dim(int head_dim, Fn&& fn) {
+  if (head_dim == 64) return fn(std::integral_constant<int, 64>{});
+  if (head_dim == 128) return fn(std::integral_constant<int, 128>{});
+  return cudaErrorInvalidValue;
+}
+
+template <bool ToPool, class Args>
+int launch_kv_rows(const Args& a, void* stream) {
+  const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
+  if (n == 0) return cudaSuccess;
+  return with_element_width(a.storage, [&](auto t) {
+    return detail::launch_kernel(kv_rows_kernel<decltype(t), ToPool, Args>, dim3(grid_for(n, 256)), dim3(256), stream,
+                                 a);
+  });
+}
+
 }  // namespace
 
 int paged_attention(const kernels::paged_attention_args& a, void* stream) {
@@ -354,21 +385,11 @@ int paged_attention(const kernels::paged_attention_args& a, void* stream) {
   const dim3 grid(static_cast<unsigned>(a.num_work), static_cast<unsigned>(a.max_q_len),
                   static_cast<unsigned>((a.num_qo_heads + warps_per_block - 1) / warps_per_block));
   const dim3 block(warp * warps_per_block);
-  const bool bf16 = a.storage == gpu::data_type::bf16;
-  if (a.head_dim == 64) {
-    if (bf16) {
-      return detail::launch_kernel(paged_attention_kernel<std::uint16_t, 64>, grid, block, stream, a);
-    } else {
-      return detail::launch_kernel(paged_attention_kernel<float, 64>, grid, block, stream, a);
-    }
-  } else if (a.head_dim == 128) {
-    if (bf16) {
-      return detail::launch_kernel(paged_attention_kernel<std::uint16_t, 128>, grid, block, stream, a);
-    } else {
-      return detail::launch_kernel(paged_attention_kernel<float, 128>, grid, block, stream, a);
-    }
-  }
-  return cudaErrorInvalidValue;
+  return with_element_type(a.storage, [&](auto t) {
+    return with_head_dim(a.head_dim, [&](auto d) {
+      return detail::launch_kernel(paged_attention_kernel<decltype(t), decltype(d)::value>, grid, block, stream, a);
+    });
+  });
 }
 
 int chunk_merge(const kernels::chunk_merge_args& a, void* stream) {
@@ -395,31 +416,15 @@ int convert(const kernels::convert_args& a, void* stream) {
   return detail::launch_kernel(convert_kernel, dim3(grid_for(a.count, 256)), dim3(256), stream, a);
 }
 
-int kv_scatter(const kernels::kv_scatter_args& a, void* stream) {
-  const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
-  if (n == 0) return cudaSuccess;
-  if (gpu::size_of(a.storage) == 4) {
-    return detail::launch_kernel(kv_scatter_kernel<std::uint32_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
-  }
-  return detail::launch_kernel(kv_scatter_kernel<std::uint16_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
-}
-
-int kv_gather(const kernels::kv_gather_args& a, void* stream) {
-  const long long n = static_cast<long long>(a.num_rows) * a.num_kv_heads * a.head_dim;
-  if (n == 0) return cudaSuccess;
-  if (gpu::size_of(a.storage) == 4) {
-    return detail::launch_kernel(kv_gather_kernel<std::uint32_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
-  }
-  return detail::launch_kernel(kv_gather_kernel<std::uint16_t>, dim3(grid_for(n, 256)), dim3(256), stream, a);
-}
+int kv_scatter(const kernels::kv_scatter_args& a, void* stream) { return launch_kv_rows<true>(a, stream); }
+int kv_gather(const kernels::kv_gather_args& a, void* stream) { return launch_kv_rows<false>(a, stream); }
 
 int kv_append(const kernels::kv_append_args& a, void* stream) {
   if (a.num_reqs == 0 || a.max_q_len == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(a.num_reqs), static_cast<unsigned>(a.max_q_len));
-  if (gpu::size_of(a.storage) == 4) {
-    return detail::launch_kernel(kv_append_kernel<std::uint32_t>, grid, dim3(128), stream, a);
-  }
-  return detail::launch_kernel(kv_append_kernel<std::uint16_t>, grid, dim3(128), stream, a);
+  return with_element_width(a.storage, [&](auto t) {
+    return detail::launch_kernel(kv_append_kernel<decltype(t)>, grid, dim3(128), stream, a);
+  });
 }
 
 int fill(void* dst, std::uint64_t pattern, std::size_t pattern_bytes, std::size_t count, void* stream) {

@@ -12,6 +12,7 @@
 #include <limits>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 namespace cobatch::gpu::kernels::host {
@@ -23,24 +24,30 @@ inline float load(const float* p, std::size_t i) noexcept { return p[i]; }
 inline float load(const bf16* p, std::size_t i) noexcept { return p[i].to_float(); }
 inline float load(const f16* p, std::size_t i) noexcept { return p[i].to_float(); }
 
-// Writes `n` floats as `type`.
-void store_row(void* dst, std::size_t offset, const float* src, std::size_t n, data_type type) {
+inline void put(float* p, std::size_t i, float x) noexcept { p[i] = x; }
+inline void put(bf16* p, std::size_t i, float x) noexcept { p[i] = bf16::from_float(x); }
+inline void put(f16* p, std::size_t i, float x) noexcept { p[i] = f16::from_float(x); }
+
+// Calls fn with a value of the element type of `type` (f32, bf16 or f16): the
+// one place a data_type becomes a C++ type.
+template <class Fn>
+void with_element_type(data_type type, const char* what, Fn&& fn) {
   switch (type) {
-    case data_type::f32: std::copy(src, src + n, static_cast<float*>(dst) + offset); return;
-    case data_type::bf16: {
-      auto* out = static_cast<bf16*>(dst) + offset;
-      for (std::size_t i = 0; i < n; ++i) out[i] = bf16::from_float(src[i]);
-      return;
-    }
-    case data_type::f16: {
-      auto* out = static_cast<f16*>(dst) + offset;
-      for (std::size_t i = 0; i < n; ++i) out[i] = f16::from_float(src[i]);
-      return;
-    }
+    case data_type::f32: fn(float{}); return;
+    case data_type::bf16: fn(bf16{}); return;
+    case data_type::f16: fn(f16{}); return;
     default: break;
   }
   throw std::system_error(make_error_code(errc::invalid_argument),
-                          std::string("cobatch: attention kernels write f32, bf16 or f16, not ") + name_of(type));
+                          std::string("cobatch: ") + what + " over " + name_of(type) + ", not f32, bf16 or f16");
+}
+
+// Writes `n` floats as `type`.
+void store_row(void* dst, std::size_t offset, const float* src, std::size_t n, data_type type) {
+  with_element_type(type, "attention output", [&](auto tag) {
+    auto* out = static_cast<decltype(tag)*>(dst) + offset;
+    for (std::size_t i = 0; i < n; ++i) put(out, i, src[i]);
+  });
 }
 
 /// Local KV tokens of this rank whose global position is <= p: a prefix of
@@ -155,14 +162,7 @@ float merge_row(std::int32_t n, std::size_t d, OutAt out_i, LseAt lse_i, float* 
 }  // namespace
 
 void paged_attention(const paged_attention_args& a) {
-  switch (a.storage) {
-    case data_type::f32: attention_typed<float>(a); return;
-    case data_type::bf16: attention_typed<bf16>(a); return;
-    case data_type::f16: attention_typed<f16>(a); return;
-    default: break;
-  }
-  throw std::system_error(make_error_code(errc::invalid_argument),
-                          std::string("cobatch: paged attention over ") + name_of(a.storage) + " storage");
+  with_element_type(a.storage, "paged attention", [&](auto tag) { attention_typed<decltype(tag)>(a); });
 }
 
 void chunk_merge(const chunk_merge_args& a) {
@@ -188,80 +188,96 @@ void chunk_merge(const chunk_merge_args& a) {
   }
 }
 
-// Built twice, for AVX2 with FMA and for the baseline, and chosen at load
-// time by the CPU (GCC's target_clones): the merge is a memory stream whose
-// arithmetic must keep up with memcpy's wide loads.
+namespace {
+
+// The normalised weights of one row's shards, 0 for a shard that adds nothing,
+// and the row's merged natural LSE. Shards whose LSE is -inf, +inf or NaN are
+// told apart here, and only here: the sums then need no test per element.
+float row_weights(const lse_merge_args& a, std::int64_t r, float* w) noexcept {
+  const std::int32_t n = a.num_shards;
+  float m = neg_inf;
+  for (std::int32_t i = 0; i < n; ++i) {
+    const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
+    w[i] = l;
+    if (std::isfinite(l)) m = std::max(m, l);
+  }
+  if (m == neg_inf) {
+    std::fill(w, w + n, 0.0f);
+    return neg_inf;
+  }
+  float sum = 0.0f;
+  for (std::int32_t i = 0; i < n; ++i) {
+    w[i] = std::isfinite(w[i]) ? std::exp(w[i] - m) : 0.0f;
+    sum += w[i];
+  }
+  const float inv = 1.0f / sum;
+  for (std::int32_t i = 0; i < n; ++i) w[i] *= inv;
+  return m + std::log(sum);
+}
+
+}  // namespace
+
+// Two phases per block of rows: the weights of every (row, shard), then the
+// rows summed over all shards in register tiles, each shard's values read
+// once and the output written once. A shard of weight 0 (empty, or
+// negligible) is read from a row of zeros instead of its own values, which
+// may be anything (NaN, inf): the sum is then the same for every row, with
+// no branch or shard count that varies inside it.
+//
+// Built twice, for AVX2 and for the baseline, and chosen at load time by the
+// CPU (GCC's target_clones): the sums must keep up with memcpy's wide loads.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
-__attribute__((target_clones("avx2,fma", "default")))
+__attribute__((target_clones("avx2", "default")))
 #endif
 void lse_merge(const lse_merge_args& a) {
   const std::size_t d = static_cast<std::size_t>(a.head_dim);
-  const std::int32_t n = a.num_shards;
-  // f32 output is merged straight into the destination (the loop
-  // lse_merge_bw_ratio measures); other types through a row buffer.
-  constexpr int max_stack_shards = 64;
-  float weights[max_stack_shards];
-  const float* sources[max_stack_shards];
-  thread_local std::vector<float> row;
-  thread_local std::vector<float> heap_weights;
-  thread_local std::vector<const float*> heap_sources;
+  const std::size_t n = static_cast<std::size_t>(a.num_shards);
+  constexpr std::int64_t block = 64;
+  thread_local std::vector<float> weights;         // [block][shards]
+  thread_local std::vector<const float*> sources;  // [block][shards]
+  thread_local std::vector<float> zeros;
+  thread_local std::vector<float> row;  // for outputs other than f32
+  weights.resize(static_cast<std::size_t>(block) * n);
+  sources.resize(static_cast<std::size_t>(block) * n);
+  zeros.assign(d, 0.0f);
   row.resize(d);
-  float* wts = weights;
-  const float** srcs = sources;
-  if (n > max_stack_shards) {
-    heap_weights.resize(static_cast<std::size_t>(n));
-    heap_sources.resize(static_cast<std::size_t>(n));
-    wts = heap_weights.data();
-    srcs = heap_sources.data();
-  }
-  for (std::int64_t r = 0; r < a.rows; ++r) {
-    float m = neg_inf;
-    for (std::int32_t i = 0; i < n; ++i) {
-      const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
-      wts[i] = l;
-      if (std::isfinite(l)) m = std::max(m, l);
-    }
-    float* dst = a.out_type == data_type::f32 ? static_cast<float*>(a.out) + static_cast<std::size_t>(r) * d
-                                              : row.data();
-    float lse = neg_inf;
-    if (m == neg_inf) {
-      std::fill(dst, dst + d, 0.0f);
-    } else {
-      // Normalised weights of the contributing shards, then the row merged in
-      // register tiles: each shard's values are read once and the output is
-      // written once (no read-modify-write of the row per shard).
-      float sum = 0.0f;
-      std::int32_t nv = 0;
-      for (std::int32_t i = 0; i < n; ++i) {
-        if (!std::isfinite(wts[i])) continue;
-        const float w = std::exp(wts[i] - m);
-        sum += w;
-        wts[nv] = w;
-        srcs[nv] = a.shard_out + i * a.shard_out_stride + r * static_cast<std::int64_t>(d);
-        ++nv;
+  const bool f32 = a.out_type == data_type::f32;
+  for (std::int64_t r0 = 0; r0 < a.rows; r0 += block) {
+    const std::int64_t rows = std::min(block, a.rows - r0);
+    for (std::int64_t j = 0; j < rows; ++j) {
+      const std::int64_t r = r0 + j;
+      float* w = weights.data() + static_cast<std::size_t>(j) * n;
+      const float** src = sources.data() + static_cast<std::size_t>(j) * n;
+      const float lse = row_weights(a, r, w);
+      if (a.out_lse != nullptr) a.out_lse[r] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
+      for (std::size_t i = 0; i < n; ++i) {
+        src[i] = w[i] != 0.0f ? a.shard_out + static_cast<std::int64_t>(i) * a.shard_out_stride +
+                                    r * static_cast<std::int64_t>(d)
+                              : zeros.data();
       }
-      const float inv = 1.0f / sum;
-      for (std::int32_t v = 0; v < nv; ++v) wts[v] *= inv;
+    }
+    for (std::int64_t j = 0; j < rows; ++j) {
+      const float* w = weights.data() + static_cast<std::size_t>(j) * n;
+      const float* const* src = sources.data() + static_cast<std::size_t>(j) * n;
+      float* dst = f32 ? static_cast<float*>(a.out) + static_cast<std::size_t>(r0 + j) * d : row.data();
       constexpr std::size_t tile = 16;
       std::size_t k0 = 0;
       for (; k0 + tile <= d; k0 += tile) {
         float acc[tile] = {};
-        for (std::int32_t v = 0; v < nv; ++v) {
-          const float w = wts[v];
-          const float* o = srcs[v] + k0;
-          for (std::size_t k = 0; k < tile; ++k) acc[k] += w * o[k];
+        for (std::size_t i = 0; i < n; ++i) {
+          const float wi = w[i];
+          const float* o = src[i] + k0;
+          for (std::size_t k = 0; k < tile; ++k) acc[k] += wi * o[k];
         }
         for (std::size_t k = 0; k < tile; ++k) dst[k0 + k] = acc[k];
       }
       for (; k0 < d; ++k0) {
         float x = 0.0f;
-        for (std::int32_t v = 0; v < nv; ++v) x += wts[v] * srcs[v][k0];
+        for (std::size_t i = 0; i < n; ++i) x += w[i] * src[i][k0];
         dst[k0] = x;
       }
-      lse = m + std::log(sum);
+      if (!f32) store_row(a.out, static_cast<std::size_t>(r0 + j) * d, dst, d, a.out_type);
     }
-    if (a.out_type != data_type::f32) store_row(a.out, static_cast<std::size_t>(r) * d, dst, d, a.out_type);
-    if (a.out_lse != nullptr) a.out_lse[r] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
   }
 }
 
@@ -305,47 +321,25 @@ void lse_correct(const lse_correct_args& a) {
 void convert(const convert_args& a) { store_row(a.dst, 0, a.src, static_cast<std::size_t>(a.count), a.dst_type); }
 
 namespace {
-template <class T>
-void scatter_typed(const kv_scatter_args& a) {
-  auto* pages = static_cast<T*>(a.kv_pages);
-  const auto* k = static_cast<const T*>(a.k);
-  const auto* v = static_cast<const T*>(a.v);
-  const std::size_t row = static_cast<std::size_t>(a.num_kv_heads) * a.head_dim;
-  const std::size_t half_page = static_cast<std::size_t>(a.page_size) * row;
-  for (std::int32_t i = 0; i < a.num_rows; ++i) {
-    const std::int32_t slot = a.slots[i];
-    if (slot < 0) continue;
-    const std::size_t page = static_cast<std::size_t>(slot / a.page_size);
-    const std::size_t off = static_cast<std::size_t>(slot % a.page_size);
-    T* kd = pages + page * 2 * half_page + off * row;
-    std::copy(k + i * a.row_stride, k + i * a.row_stride + static_cast<std::int64_t>(row), kd);
-    std::copy(v + i * a.row_stride, v + i * a.row_stride + static_cast<std::int64_t>(row), kd + half_page);
-  }
-}
-template <class T>
-void gather_typed(const kv_gather_args& a) {
-  const auto* pages = static_cast<const T*>(a.kv_pages);
-  auto* k = static_cast<T*>(a.k);
-  auto* v = static_cast<T*>(a.v);
-  const std::size_t row = static_cast<std::size_t>(a.num_kv_heads) * a.head_dim;
-  const std::size_t half_page = static_cast<std::size_t>(a.page_size) * row;
-  for (std::int32_t i = 0; i < a.num_rows; ++i) {
-    const std::int32_t slot = a.slots[i];
-    if (slot < 0) continue;
-    const std::size_t page = static_cast<std::size_t>(slot / a.page_size);
-    const std::size_t off = static_cast<std::size_t>(slot % a.page_size);
-    const T* ks = pages + page * 2 * half_page + off * row;
-    std::copy(ks, ks + row, k + i * a.row_stride);
-    std::copy(ks + half_page, ks + half_page + row, v + i * a.row_stride);
-  }
-}
-[[noreturn]] void bad_storage(const char* what, data_type t) {
-  throw std::system_error(make_error_code(errc::invalid_argument),
-                          std::string("cobatch: ") + what + " over " + name_of(t) + " storage");
-}
-}  // namespace
 
-namespace {
+// Row i of a scatter or gather: fn(pool K row, pool V row, offset of row i in
+// the row buffers, elements per row) for every row whose slot is not
+// negative. The pool is const where the arguments only read it.
+template <class T, class Args, class Fn>
+void for_each_slot(const Args& a, Fn fn) {
+  using pool_t = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(a.kv_pages)>>, const T, T>;
+  auto* pages = static_cast<pool_t*>(a.kv_pages);
+  const std::size_t row = static_cast<std::size_t>(a.num_kv_heads) * a.head_dim;
+  const std::size_t half_page = static_cast<std::size_t>(a.page_size) * row;
+  for (std::int32_t i = 0; i < a.num_rows; ++i) {
+    const std::int32_t slot = a.slots[i];
+    if (slot < 0) continue;
+    pool_t* kp = pages + static_cast<std::size_t>(slot / a.page_size) * 2 * half_page +
+                 static_cast<std::size_t>(slot % a.page_size) * row;
+    fn(kp, kp + half_page, static_cast<std::size_t>(i * a.row_stride), row);
+  }
+}
+
 template <class T>
 void append_typed(const kv_append_args& a) {
   auto* pages = static_cast<T*>(a.kv_pages);
@@ -368,30 +362,47 @@ void append_typed(const kv_append_args& a) {
     }
   }
 }
+
+// The KV copies move bits: the element type only sets the width.
+template <class Fn>
+void with_element_width(data_type storage, const char* what, Fn&& fn) {
+  switch (size_of(storage)) {
+    case 4: fn(std::uint32_t{}); return;
+    case 2: fn(std::uint16_t{}); return;
+    default: break;
+  }
+  throw std::system_error(make_error_code(errc::invalid_argument),
+                          std::string("cobatch: ") + what + " over " + name_of(storage) + " storage");
+}
+
 }  // namespace
 
 void kv_append(const kv_append_args& a) {
-  switch (size_of(a.storage)) {
-    case 4: append_typed<std::uint32_t>(a); return;
-    case 2: append_typed<std::uint16_t>(a); return;
-    default: bad_storage("kv_append", a.storage);
-  }
+  with_element_width(a.storage, "kv_append", [&](auto tag) { append_typed<decltype(tag)>(a); });
 }
 
 void kv_scatter(const kv_scatter_args& a) {
-  switch (size_of(a.storage)) {
-    case 4: scatter_typed<std::uint32_t>(a); return;  // bit copies: the type only sets the width
-    case 2: scatter_typed<std::uint16_t>(a); return;
-    default: bad_storage("kv_scatter", a.storage);
-  }
+  with_element_width(a.storage, "kv_scatter", [&](auto tag) {
+    using T = decltype(tag);
+    const auto* k = static_cast<const T*>(a.k);
+    const auto* v = static_cast<const T*>(a.v);
+    for_each_slot<T>(a, [&](T* kp, T* vp, std::size_t i, std::size_t n) {
+      std::copy(k + i, k + i + n, kp);
+      std::copy(v + i, v + i + n, vp);
+    });
+  });
 }
 
 void kv_gather(const kv_gather_args& a) {
-  switch (size_of(a.storage)) {
-    case 4: gather_typed<std::uint32_t>(a); return;
-    case 2: gather_typed<std::uint16_t>(a); return;
-    default: bad_storage("kv_gather", a.storage);
-  }
+  with_element_width(a.storage, "kv_gather", [&](auto tag) {
+    using T = decltype(tag);
+    auto* k = static_cast<T*>(a.k);
+    auto* v = static_cast<T*>(a.v);
+    for_each_slot<T>(a, [&](const T* kp, const T* vp, std::size_t i, std::size_t n) {
+      std::copy(kp, kp + n, k + i);
+      std::copy(vp, vp + n, v + i);
+    });
+  });
 }
 
 }  // namespace cobatch::gpu::kernels::host

@@ -134,6 +134,40 @@ TEST_CASE("plan_attention names every bad value", "[engine][attention][plan]") {
     b.config.merge = static_cast<dcp_merge>(7);
     CHECK(plan_error(b).code() == errc::unknown_mode);
   }
+  SECTION("indptr that decreases") {
+    small_batch b;
+    b.seq = {0, 3};
+    b.qsl = {0, 0, 3};
+    b.indptr = {0, 0, -1};
+    const auto e = plan_error(b);
+    CHECK(e.code() == errc::length_mismatch);
+    CHECK_THAT(e.what(), Catch::Contains("indptr[2]=-1 is less than indptr[1]=0"));
+  }
+  SECTION("query offsets whose difference overflows int32") {
+    // loc[1] - loc[0] and loc[3] - loc[2] fit, loc[2] - loc[1] wraps to a
+    // positive number: the offsets decrease all the same.
+    small_batch b;
+    b.qsl = {0, 2147483647, -2, 4};
+    b.seq = {2147483647, 2147483647, 6};
+    b.indptr = {0, 2, 3, 4};
+    b.indices = {5, 9, 2, 3};
+    const auto e = plan_error(b);
+    CHECK(e.code() == errc::negative_length);
+    CHECK_THAT(e.what(), Catch::Contains("query_start_loc[2]=-2 is less than query_start_loc[1]=2147483647"));
+  }
+  SECTION("page count that does not match, with a page size that is not a power of two") {
+    small_batch b;
+    b.cache.page_size = 3;
+    b.indptr = {0, 2, 3};  // 6 tokens need 2 pages of 3, and 3 tokens 1: right
+    attention_plan plan;
+    plan_attention(b.cache, b.config, b.batch(), plan);
+    CHECK(plan.local_kv_tokens() == 9);
+    b.seq[0] = 7;  // now 3 pages
+    const auto e = plan_error(b);
+    CHECK(e.code() == errc::length_mismatch);
+    CHECK_THAT(e.what(), Catch::Contains("request 0 has 2 pages; its shard of seq_len=7"));
+    CHECK_THAT(e.what(), Catch::Contains("which need 3 pages of 3"));
+  }
   SECTION("indptr running past the indices") {
     small_batch b;
     b.indices.pop_back();

@@ -132,16 +132,24 @@ struct convert_args {
   std::int64_t count = 0;
 };
 
-/// Writes token rows into one layer's pool at slots (slot = page * page_size +
-/// offset; a negative slot skips the row): appending a step's new K/V, and
-/// the receiving end of a KV hand-off.
-struct kv_scatter_args {
+/// One layer's pool as the KV row kernels address it: page p holds its K
+/// block then its V block, each [page_size][num_kv_heads][head_dim] of
+/// `storage`. `Pages` is `void` where the kernel writes the pool and
+/// `const void` where it only reads it.
+template <class Pages>
+struct kv_pool_args {
   data_type storage = data_type::f32;
-  void* kv_pages = nullptr;
+  Pages* kv_pages = nullptr;
   std::int32_t num_pages = 0;
   std::int32_t page_size = 0;
   std::int32_t num_kv_heads = 0;
   std::int32_t head_dim = 0;
+};
+
+/// Writes token rows into one layer's pool at slots (slot = page * page_size +
+/// offset; a negative slot skips the row): appending a step's new K/V, and
+/// the receiving end of a KV hand-off.
+struct kv_scatter_args : kv_pool_args<void> {
   const void* k = nullptr;     ///< row i at k + i * row_stride elements: [num_kv_heads][head_dim]
   const void* v = nullptr;
   std::int64_t row_stride = 0; ///< elements between rows
@@ -154,13 +162,7 @@ struct kv_scatter_args {
 /// this rank's DCP shard owns it, at the slot its page table gives. The slot
 /// is found on the device, so that planning never reads the page indices
 /// (a cache miss per request on the host).
-struct kv_append_args {
-  data_type storage = data_type::f32;
-  void* kv_pages = nullptr;
-  std::int32_t num_pages = 0;
-  std::int32_t page_size = 0;
-  std::int32_t num_kv_heads = 0;
-  std::int32_t head_dim = 0;
+struct kv_append_args : kv_pool_args<void> {
   const void* k = nullptr;  ///< [num_tokens][num_kv_heads][head_dim]
   const void* v = nullptr;
   const attention_request* requests = nullptr;
@@ -173,18 +175,12 @@ struct kv_append_args {
 };
 
 /// Reads token rows out of one layer's pool (the sending end of a hand-off).
-struct kv_gather_args {
-  data_type storage = data_type::f32;
-  const void* kv_pages = nullptr;
-  std::int32_t num_pages = 0;
-  std::int32_t page_size = 0;
-  std::int32_t num_kv_heads = 0;
-  std::int32_t head_dim = 0;
-  const std::int32_t* slots = nullptr;
-  std::int32_t num_rows = 0;
+struct kv_gather_args : kv_pool_args<const void> {
   void* k = nullptr;  ///< as kv_scatter_args
   void* v = nullptr;
   std::int64_t row_stride = 0;
+  const std::int32_t* slots = nullptr;
+  std::int32_t num_rows = 0;
 };
 
 }  // namespace cobatch::gpu::kernels
