@@ -19,6 +19,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "tuner_cost_model.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -40,7 +42,8 @@ class null_model final : public step_model {
   null_model(std::int32_t layers, std::chrono::microseconds kernel) : kernel_(kernel) {
     kinds_.push_back(stage_kind::graph);
     for (std::int32_t l = 0; l < layers; ++l) {
-      kinds_.insert(kinds_.end(), {stage_kind::eager, stage_kind::collective, stage_kind::eager, stage_kind::graph});
+      for (stage_kind k : {stage_kind::eager, stage_kind::collective, stage_kind::eager, stage_kind::graph})
+        kinds_.push_back(k);
     }
   }
   model_info info() const override { return {256, 1 << 20, 4, 0}; }
@@ -207,42 +210,17 @@ void BM_step_gap(benchmark::State& state) {
 }
 BENCHMARK(BM_step_gap)->Iterations(1)->Unit(benchmark::kMillisecond);
 
-// A synthetic step-time model: fixed cost, per-token cost, and a penalty past
-// a knee where the kernels stop scaling; step time in ns.
-struct cost_model {
-  double fixed, per_token, knee, penalty;
-  double operator()(double b) const {
-    const double over = std::max(0.0, b - knee);
-    return fixed + per_token * b + penalty * over * over;
-  }
-};
-
-double regret_after(batch_size_tuner& tuner, const cost_model& cost, std::mt19937_64& rng, int steps, double target) {
-  std::normal_distribution<double> noise(1.0, 0.03);
-  for (int i = 0; i < steps; ++i) {
-    const std::int32_t b = tuner.budget(step_phase::prefill);
-    tuner.record(step_phase::prefill, b, b, std::chrono::nanoseconds(static_cast<std::int64_t>(cost(b) * noise(rng))));
-  }
-  double best = 0;
-  for (std::int32_t b : tuner.grid())
-    if (cost(b) <= target) best = std::max(best, b / cost(b));
-  const double chosen = tuner.best(step_phase::prefill);
-  const double got = cost(chosen) <= target ? chosen / cost(chosen) : 0.0;
-  return got / best;
-}
-
 void BM_tuner_regret(benchmark::State& state) {
   double worst = 1.0, worst_after_change = 1.0;
   for (auto _ : state) {
     for (std::uint64_t seed = 1; seed <= 8; ++seed) {
       std::mt19937_64 rng(seed);
-      std::uniform_real_distribution<double> u(0.0, 1.0);
       const double target = 50e6;
-      cost_model a{2e6 + 4e6 * u(rng), 2e3 + 8e3 * u(rng), 500 + 3000 * u(rng), 20 + 200 * u(rng)};
-      cost_model b{a.fixed * 1.5, a.per_token * 2.0, a.knee * 0.5, a.penalty * 2};
+      const auto a = engine::test::tuner_cost_model::random(rng);
+      const auto b = a.changed();
       batch_size_tuner tuner({.min_budget = 16, .max_budget = 8192, .target_step_time = std::chrono::milliseconds(50)});
-      worst = std::min(worst, regret_after(tuner, a, rng, 400, target));
-      worst_after_change = std::min(worst_after_change, regret_after(tuner, b, rng, 400, target));
+      worst = std::min(worst, engine::test::tuner_score(tuner, a, rng, 400, target));
+      worst_after_change = std::min(worst_after_change, engine::test::tuner_score(tuner, b, rng, 400, target));
     }
   }
   state.counters["regret"] = std::min(worst, worst_after_change);

@@ -99,6 +99,23 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+/// The median time in ms of `samples` runs of `enqueue` on `s`, each between
+/// a record of `start` and one of `stop` (timing events), after `warmup` runs
+/// that are not counted (a first launch pays for loading its module).
+template <class Enqueue>
+double median_ms(gpu::stream_ref s, gpu::event_ref start, gpu::event_ref stop, int warmup, int samples,
+                 Enqueue&& enqueue) {
+  std::vector<double> ms;
+  for (int r = 0; r < warmup + samples; ++r) {
+    s.record(start);
+    enqueue();
+    s.record(stop);
+    COBATCH_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(stop.native_handle())));
+    if (r >= warmup) ms.push_back(gpu::cuda::elapsed_ms(start, stop));
+  }
+  return median(ms);
+}
+
 /// A context whose scheduling flag is `flags`, for the lifetime of the phase.
 class scheduling_phase {
  public:
@@ -142,20 +159,24 @@ double measure_sync(int iterations) {
   return median(samples);
 }
 
+/// Round trips of an empty kernel on `s` and `co_await wait()` for it, in
+/// ns: `iterations` samples after `warmup` left out.
+template <class Wait>
+coro::task<void> time_round_trips(gpu::stream_ref s, int iterations, std::vector<double>& samples, Wait wait) {
+  for (int i = 0; i < warmup + iterations; ++i) {
+    const auto t0 = clock_type::now();
+    probe::empty(s);
+    co_await wait();
+    const auto t1 = clock_type::now();
+    if (i >= warmup) samples.push_back(ns_between(t0, t1));
+  }
+}
+
 double measure_reactor(int iterations) {
   loop_with_device l;
   auto s = l.dev.make_stream();
   std::vector<double> samples;
-  auto body = [&]() -> coro::task<void> {
-    for (int i = 0; i < warmup + iterations; ++i) {
-      const auto t0 = clock_type::now();
-      probe::empty(s);
-      co_await s.async_wait(coro::use_task);
-      const auto t1 = clock_type::now();
-      if (i >= warmup) samples.push_back(ns_between(t0, t1));
-    }
-  };
-  coro::sync_wait(l.loop, body());
+  coro::sync_wait(l.loop, time_round_trips(s, iterations, samples, [&] { return s.async_wait(coro::use_task); }));
   return median(samples);
 }
 
@@ -183,14 +204,8 @@ double measure_host_function(int iterations, loop_wait how) {
   loop_with_device l;
   auto s = l.dev.make_stream();
   std::vector<double> samples;
-  auto body = [&]() -> coro::task<void> {
-    for (int i = 0; i < warmup + iterations; ++i) {
-      const auto t0 = clock_type::now();
-      probe::empty(s);
-      co_await host_function_resume{s, &l.loop};
-      const auto t1 = clock_type::now();
-      if (i >= warmup) samples.push_back(ns_between(t0, t1));
-    }
+  auto body = [&] {
+    return time_round_trips(s, iterations, samples, [&] { return host_function_resume{s, &l.loop}; });
   };
   if (how == loop_wait::sleep) {
     coro::sync_wait(l.loop, body());
@@ -300,17 +315,7 @@ overlap_result measure_overlap() {
   // Isolated stage durations, with timed events on an otherwise idle device.
   auto start = l.dev.make_event(gpu::cuda::event_timing::enabled);
   auto stop = l.dev.make_event(gpu::cuda::event_timing::enabled);
-  auto timed = [&](auto&& enqueue) {
-    std::vector<double> ms;
-    for (int r = 0; r < 7; ++r) {
-      comm.record(start);
-      enqueue();
-      comm.record(stop);
-      COBATCH_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(stop.ref().native_handle())));
-      ms.push_back(gpu::cuda::elapsed_ms(start, stop));
-    }
-    return median(ms);
-  };
+  auto timed = [&](auto&& enqueue) { return median_ms(comm, start, stop, 0, 7, enqueue); };
   const double h2d = timed([&] { gpu::cuda::copy_async(dev_in[0].data(), host_in[0].data(), bytes, comm); });
   const double d2h = timed([&] { gpu::cuda::copy_async(host_out[0].data(), dev_out[0].data(), bytes, comm); });
   // Compute sized like both copies together: the two streams are equally
@@ -406,17 +411,7 @@ attention_result measure_attention() {
   auto s = l.dev.make_stream();
   auto start = l.dev.make_event(gpu::cuda::event_timing::enabled);
   auto stop = l.dev.make_event(gpu::cuda::event_timing::enabled);
-  auto timed = [&](auto&& enqueue) {
-    std::vector<double> ms;
-    for (int r = 0; r < 9; ++r) {
-      s.record(start);
-      enqueue();
-      s.record(stop);
-      COBATCH_CUDA_CHECK(cudaStreamSynchronize(gpu::cuda::native(s)));
-      if (r > 1) ms.push_back(gpu::cuda::elapsed_ms(start, stop));
-    }
-    return median(ms);
-  };
+  auto timed = [&](auto&& enqueue) { return median_ms(s, start, stop, 2, 7, enqueue); };
   attention_result r;
   constexpr std::int32_t shards = 8, d = 128;
   constexpr std::int64_t rows = 4096 * 32;

@@ -5,6 +5,7 @@
 #include <cobatch/engine/error.hpp>
 
 #include <concepts>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <string_view>
@@ -52,5 +53,19 @@ fault fail(std::string* detail, errc code, const Parts&... parts) {
 }
 /// For checks whose detail already begins with the call's name.
 [[noreturn]] inline void raise(fault f, const std::string& detail) { throw_engine_error(f.code, detail); }
+
+/// An option out of its range: errc::invalid_argument reading
+/// "<api>: <option> <value> <rule>", e.g. "step_runner: ring 0 < 1".
+template <class Value>
+[[noreturn]] void raise_bad_option(std::string_view api, std::string_view option, const Value& value,
+                                   std::string_view rule) {
+  throw_engine_error(errc::invalid_argument, cat(api, ": ", option, " ", value, " ", rule));
+}
+
+/// The check most options take: raises "<api>: <option> <value> < <min>"
+/// unless value >= min.
+inline void require_at_least(std::string_view api, std::string_view option, std::int64_t value, std::int64_t min) {
+  if (value < min) raise_bad_option(api, option, value, cat("< ", min));
+}
 
 }  // namespace cobatch::engine::detail

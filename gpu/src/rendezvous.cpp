@@ -270,6 +270,7 @@ std::vector<std::byte> fetch_id(const std::string& address, std::uint16_t port, 
     asio::async_connect(socket, endpoints, [&](std::error_code cec, const tcp::endpoint&) {
       if (cec) {
         last_error = cec;
+        if (options.on_retry) options.on_retry(cec);
         retry.expires_after(std::chrono::milliseconds(50));
         retry.async_wait([&](std::error_code tec) {
           if (!tec) attempt();
@@ -279,11 +280,13 @@ std::vector<std::byte> fetch_id(const std::string& address, std::uint16_t port, 
       asio::async_write(socket, asio::buffer(hello), [&](std::error_code wec, std::size_t) {
         if (wec) {
           last_error = wec;
+          if (options.on_retry) options.on_retry(wec);
           return attempt();
         }
         asio::async_read(socket, asio::buffer(status), [&](std::error_code sec, std::size_t) {
           if (sec) {
             last_error = sec;
+            if (options.on_retry) options.on_retry(sec);
             return attempt();
           }
           verdict = get_u32(status.data());
@@ -292,9 +295,13 @@ std::vector<std::byte> fetch_id(const std::string& address, std::uint16_t port, 
             return;
           }
           asio::async_read(socket, asio::buffer(id), [&](std::error_code iec, std::size_t) {
-            if (iec) last_error = iec;
             done = !iec;
-            if (iec) verdict.reset(), attempt();
+            if (iec) {
+              last_error = iec;
+              if (options.on_retry) options.on_retry(iec);
+              verdict.reset();
+              attempt();
+            }
           });
         });
       });

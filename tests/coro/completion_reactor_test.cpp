@@ -6,9 +6,11 @@
 #include "cobatch/coro/when_all.hpp"
 #include "counted.hpp"
 #include "manual_fence.hpp"
+#include "host_gate.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/bind_executor.hpp>
+#include <asio/post.hpp>
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -46,7 +48,10 @@ TEST_CASE("a failed fence's error reaches the awaiting coroutine", "[coro][react
   coro::completion_reactor reactor(loop.get_executor());
   loop.attach(reactor);
   manual_fence fence;
+  test::host_gate waiting;  // opens once the coroutine waits
   auto waiter = [&]() -> coro::task<std::error_code> {
+    // The loop runs this once the coroutine has suspended in async_wait.
+    asio::post(loop.get_executor(), [waiting] { waiting.open(); });
     try {
       co_await reactor.async_wait(fence, coro::use_task);
     } catch (const std::system_error& e) {
@@ -55,7 +60,7 @@ TEST_CASE("a failed fence's error reaches the awaiting coroutine", "[coro][react
     co_return std::error_code{};
   };
   std::thread signaller([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    waiting.wait();
     fence.fail(std::make_error_code(std::errc::io_error));
   });
   auto ec = coro::sync_wait(loop, waiter());
@@ -171,12 +176,14 @@ TEST_CASE("the reactor's own thread delivers to an io-less executor", "[coro][re
   coro::completion_reactor reactor(loop.get_executor());
   reactor.start_thread();
   manual_fence fence;
+  test::host_gate waiting;  // opens once the wait is registered
   std::thread signaller([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    waiting.wait();
     fence.signal();
   });
   bool done = false;
   reactor.async_wait(fence, [&](std::error_code ec) { done = !ec; });
+  waiting.open();
   loop.run();
   signaller.join();
   reactor.stop_thread();

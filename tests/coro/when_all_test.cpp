@@ -7,8 +7,10 @@
 #include "cobatch/coro/use_task.hpp"
 #include "counted.hpp"
 #include "manual_fence.hpp"
+#include "host_gate.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
+#include <asio/post.hpp>
 #include <catch2/catch.hpp>
 
 #include <stdexcept>
@@ -99,11 +101,14 @@ TEST_CASE("async_event wakes every waiter on set and honours cancellation", "[co
 TEST_CASE("async_event set from another thread resumes the coroutine on its loop", "[coro][async_event]") {
   coro::run_loop loop;
   coro::async_event ev(loop.get_executor());
+  cobatch::test::host_gate waiting;  // opens once the coroutine waits
   std::thread setter([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    waiting.wait();
     ev.set();
   });
   auto body = [&]() -> coro::task<bool> {
+    // The loop runs this once the coroutine has suspended in async_wait.
+    asio::post(loop.get_executor(), [waiting] { waiting.open(); });
     co_await ev.async_wait(coro::use_task);
     co_return loop.running_in_this_thread();
   };

@@ -6,6 +6,7 @@
 #include "cobatch/coro/sync_wait.hpp"
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/gpu/error.hpp"
+#include "host_fixture.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -15,12 +16,7 @@
 using namespace cobatch;
 
 namespace {
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  fixture() { loop.attach(reactor); }
-};
+using fixture = test::host_fixture;
 
 std::error_code code_of(auto&& f) {
   try {

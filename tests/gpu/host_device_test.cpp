@@ -71,12 +71,18 @@ TEST_CASE("an aborted or timed-out communicator fails every pending rank", "[gpu
     CHECK(coro::sync_wait(f.loop, body()) == gpu::errc::timeout);
   }
   SECTION("abort") {
-    auto comms = gpu::host::make_communicators(2, {std::chrono::milliseconds(0)});
+    // Rank 1 aborts once rank 0 is known to wait for it at the all_reduce
+    // (no timeout: without the abort, rank 0 would wait forever).
+    test::host_gate rank0_waits;
+    auto comms = gpu::host::make_communicators(2, {std::chrono::milliseconds(0)},
+                                               {.before_block = [rank0_waits](int rank) {
+                                                 if (rank == 0) rank0_waits.open();
+                                               }});
     auto s = f.dev.make_stream();
     float x = 1, y = 0;
     comms[0].all_reduce(&x, &y, 1, gpu::data_type::f32, gpu::reduce_op::sum, s);
     std::thread aborter([&] {
-      std::this_thread::sleep_for(5ms);
+      rank0_waits.wait();
       comms[1].abort();
     });
     auto body = [&]() -> coro::task<std::error_code> {

@@ -5,6 +5,8 @@
 
 #include "cobatch/coro/run_loop.hpp"
 #include "cobatch/gpu/error.hpp"
+#include "host_fixture.hpp"
+#include "host_gate.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/cancellation_signal.hpp>
@@ -18,28 +20,7 @@ using namespace cobatch;
 
 namespace {
 
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  fixture() { loop.attach(reactor); }
-};
-
-// Holds a stream's worker until open() (the stream's "kernel" is running).
-class gate {
- public:
-  void hold(gpu::stream_ref s) {
-    s.enqueue([this] { open_.wait(false, std::memory_order_acquire); });
-  }
-  void open() {
-    open_.store(true, std::memory_order_release);
-    open_.notify_all();
-  }
-  ~gate() { open(); }
-
- private:
-  std::atomic<bool> open_{false};
-};
+using fixture = test::host_fixture;
 
 }  // namespace
 
@@ -82,7 +63,7 @@ TEST_CASE("a marker recorded inside a graph claims no order", "[gpu][host][order
 TEST_CASE("waits on one host stream complete in stream order", "[gpu][host][order]") {
   fixture f;
   auto s = f.dev.make_stream();
-  gate g;
+  test::scoped_host_gate g;
   g.hold(s);
   std::vector<gpu::fence> marks;
   for (int i = 0; i < 4; ++i) {
@@ -107,7 +88,7 @@ TEST_CASE("a failure in the middle of a host stream fails the waits the stream's
   fixture f;
   auto s = f.dev.make_stream();
   auto t = f.dev.make_stream();
-  gate g;
+  test::scoped_host_gate g;
   g.hold(s);
   g.hold(t);
   const auto before = s.ref().mark();
@@ -137,7 +118,7 @@ TEST_CASE("a cancelled wait in the middle of a host stream completes while the s
           "[gpu][host][order][cancel]") {
   fixture f;
   auto s = f.dev.make_stream();
-  gate g;
+  test::scoped_host_gate g;
   g.hold(s);
   const auto first = s.ref().mark();
   const auto middle = s.ref().mark();
@@ -166,7 +147,7 @@ TEST_CASE("an awaited event follows its stream's order", "[gpu][host][order][eve
   fixture f;
   auto s = f.dev.make_stream();
   auto e = f.dev.make_event();
-  gate g;
+  test::scoped_host_gate g;
   g.hold(s);
   const auto first = s.ref().mark();
   s.record(e);

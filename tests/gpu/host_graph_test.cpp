@@ -5,6 +5,7 @@
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/coro/when_all.hpp"
 #include "cobatch/gpu/error.hpp"
+#include "host_fixture.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -15,12 +16,7 @@ using namespace cobatch;
 
 namespace {
 
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  fixture() { loop.attach(reactor); }
-};
+using fixture = test::host_fixture;
 
 // Two micro-batches, three layers: compute on the shared compute stream, then
 // a "collective" on the comm stream that the next layer's compute depends on,

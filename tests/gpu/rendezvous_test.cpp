@@ -1,6 +1,7 @@
 #include "cobatch/gpu/rendezvous.hpp"
 
 #include "cobatch/gpu/error.hpp"
+#include "host_gate.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -86,8 +87,13 @@ TEST_CASE("a peer that starts before rank 0 listens retries until it does", "[gp
     gpu::id_server probe("127.0.0.1", 0);
     port = probe.port();
   }
-  auto peer = std::async(std::launch::async, [port] { return gpu::fetch_id("127.0.0.1", port, 1, 2, 128, {5000ms}); });
-  std::this_thread::sleep_for(200ms);
+  // Rank 0 binds only once the peer has knocked and been turned away.
+  test::host_gate knocked;
+  const gpu::rendezvous_options peer_options{.timeout = 5000ms,
+                                             .on_retry = [knocked](const std::error_code&) { knocked.open(); }};
+  auto peer = std::async(std::launch::async,
+                         [port, peer_options] { return gpu::fetch_id("127.0.0.1", port, 1, 2, 128, peer_options); });
+  knocked.wait();
   gpu::id_server server("127.0.0.1", port, {5000ms});
   server.serve(id, 2);
   CHECK(peer.get() == id);

@@ -2,6 +2,8 @@
 
 #include "cobatch/coro/run_loop.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
+#include "host_fixture.hpp"
+#include "host_gate.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/bind_executor.hpp>
@@ -19,40 +21,18 @@ using namespace cobatch;
 
 namespace {
 
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  gpu::stream_pool pool{dev, {.compute_streams = 2, .communication_streams = 2}};
-  fixture() { loop.attach(reactor); }
-
-  // Runs the loop until `done` holds a value.
-  void run_until(const std::optional<std::error_code>& done) {
-    while (!done) {
-      loop.restart();
-      loop.run();
-    }
-  }
-};
-
-struct gate {
-  std::promise<void> open;
-  std::shared_future<void> opened = open.get_future().share();
-  void block(gpu::stream_ref s) {
-    s.enqueue([f = opened] { f.wait(); });
-  }
-};
+using fixture = test::host_pool_fixture;
 
 }  // namespace
 
 TEST_CASE("synchronize_all completes once every stream of the pool has run its work", "[gpu][synchronize]") {
   fixture f;
-  gate g;
+  test::scoped_host_gate g;
   std::atomic<int> finished{0};
   for (auto role : {gpu::stream_role::compute, gpu::stream_role::communication}) {
     for (std::size_t i = 0; i < 2; ++i) {
       auto s = f.pool.at(role, i);
-      if (role == gpu::stream_role::communication && i == 1) g.block(s);  // the last one waits for the gate
+      if (role == gpu::stream_role::communication && i == 1) g.hold(s);  // the last one waits for the gate
       s.enqueue([&] { finished.fetch_add(1); });
     }
   }
@@ -66,7 +46,7 @@ TEST_CASE("synchronize_all completes once every stream of the pool has run its w
   CHECK_FALSE(done);
   f.loop.poll();
   CHECK_FALSE(done);
-  g.open.set_value();
+  g.open();
   f.run_until(done);
   CHECK(*done == std::error_code{});
   CHECK(seen_at_completion == 4);
@@ -76,9 +56,9 @@ TEST_CASE("synchronize reports the first failed stream after waiting for all", "
   fixture f;
   auto a = f.dev.make_stream();
   auto b = f.dev.make_stream();
-  gate g;
+  test::scoped_host_gate g;
   a.enqueue([] { throw std::runtime_error("kernel failed"); });
-  g.block(b);
+  g.hold(b);
   std::atomic<bool> b_ran{false};
   b.enqueue([&] { b_ran = true; });
   const std::vector<gpu::stream_ref> streams{a.ref(), b.ref()};
@@ -90,7 +70,7 @@ TEST_CASE("synchronize reports the first failed stream after waiting for all", "
   });
   f.loop.poll();
   CHECK_FALSE(done);  // a failed, but b is still running
-  g.open.set_value();
+  g.open();
   f.run_until(done);
   CHECK(*done);
   CHECK(*done == a.ref().error());
@@ -111,8 +91,8 @@ TEST_CASE("a cancelled synchronize completes with operation_aborted; the work ru
   for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
                     asio::cancellation_type::total}) {
     fixture f;
-    gate g;
-    g.block(f.pool.at(gpu::stream_role::compute, 0));
+    test::scoped_host_gate g;
+    g.hold(f.pool.at(gpu::stream_role::compute, 0));
     std::atomic<bool> ran{false};
     f.pool.at(gpu::stream_role::compute, 0).enqueue([&] { ran = true; });
     asio::cancellation_signal cancel;
@@ -126,7 +106,7 @@ TEST_CASE("a cancelled synchronize completes with operation_aborted; the work ru
     f.run_until(done);
     CHECK(*done == asio::error::operation_aborted);
     CHECK_FALSE(ran.load());
-    g.open.set_value();
+    g.open();
     std::optional<std::error_code> after;
     f.pool.at(gpu::stream_role::compute, 0).async_wait([&](std::error_code ec) { after = ec; });
     f.run_until(after);

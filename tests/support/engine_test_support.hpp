@@ -32,12 +32,14 @@ struct owned_batch {
   batch_view view() const { return {query_start_loc, seq_lens, num_tokens()}; }
 };
 
-/// The engine_error `f` throws; fails the test when it throws nothing.
-template <class F>
-engine_error thrown_by(F&& f) {
+/// The engine_error (or the subclass E of it, e.g. ubatch_error) `f`
+/// throws; fails the test when it throws nothing. Another exception passes
+/// through, failing the test with its own message.
+template <class E = engine_error, class F>
+E thrown_by(F&& f) {
   try {
     f();
-  } catch (const engine_error& e) {
+  } catch (const E& e) {
     return e;
   }
   FAIL("expected an engine_error, none was thrown");

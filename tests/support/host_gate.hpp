@@ -25,6 +25,12 @@ class host_gate {
     std::unique_lock lock(state_->mutex);
     state_->cv.wait(lock, [this] { return state_->open; });
   }
+  /// Holds `s` (a stream or stream_ref) here: its work enqueued after this
+  /// call starts once the gate opens.
+  template <class Stream>
+  void hold(const Stream& s) const {
+    s.enqueue([gate = *this] { gate.wait(); });
+  }
 
  private:
   struct state {
@@ -33,6 +39,17 @@ class host_gate {
     bool open = false;
   };
   std::shared_ptr<state> state_;
+};
+
+/// A host_gate that opens when it goes out of scope, so that a test that
+/// fails before opening it does not leave a stream's worker waiting forever
+/// (destroying a stream waits for its work). Declare it after the device.
+class scoped_host_gate : public host_gate {
+ public:
+  scoped_host_gate() = default;
+  scoped_host_gate(const scoped_host_gate&) = delete;
+  scoped_host_gate& operator=(const scoped_host_gate&) = delete;
+  ~scoped_host_gate() { open(); }
 };
 
 }  // namespace cobatch::test

@@ -9,18 +9,18 @@
 namespace cobatch::engine {
 
 batch_size_tuner::batch_size_tuner(const tuner_options& o) : options_(o) {
-  auto bad = [](const char* what, double v, const char* rule) {
-    throw_engine_error(errc::invalid_argument, detail::cat("batch_size_tuner: ", what, " ", v, " ", rule));
-  };
-  if (o.min_budget < 1) bad("min_budget", o.min_budget, "< 1");
-  if (o.max_budget < o.min_budget) bad("max_budget", o.max_budget, "< min_budget");
-  if (o.target_step_time.count() <= 0) bad("target_step_time (ns)", static_cast<double>(o.target_step_time.count()), "<= 0");
-  if (!(o.grid_ratio > 1.0) || !std::isfinite(o.grid_ratio)) bad("grid_ratio", o.grid_ratio, "is not a finite value > 1");
-  if (!(o.ema_alpha > 0.0 && o.ema_alpha <= 1.0)) bad("ema_alpha", o.ema_alpha, "is outside (0, 1]");
-  if (o.probe_interval < 1) bad("probe_interval", o.probe_interval, "< 1");
-  if (o.stale_after < 1) bad("stale_after", o.stale_after, "< 1");
-  if (o.probe_samples < 1) bad("probe_samples", o.probe_samples, "< 1");
-  if (o.initial_stride < 1) bad("initial_stride", o.initial_stride, "< 1");
+  constexpr std::string_view api = "batch_size_tuner";
+  detail::require_at_least(api, "min_budget", o.min_budget, 1);
+  if (o.max_budget < o.min_budget) detail::raise_bad_option(api, "max_budget", o.max_budget, "< min_budget");
+  if (o.target_step_time.count() <= 0)
+    detail::raise_bad_option(api, "target_step_time (ns)", o.target_step_time.count(), "<= 0");
+  if (!(o.grid_ratio > 1.0) || !std::isfinite(o.grid_ratio))
+    detail::raise_bad_option(api, "grid_ratio", o.grid_ratio, "is not a finite value > 1");
+  if (!(o.ema_alpha > 0.0 && o.ema_alpha <= 1.0)) detail::raise_bad_option(api, "ema_alpha", o.ema_alpha, "is outside (0, 1]");
+  detail::require_at_least(api, "probe_interval", o.probe_interval, 1);
+  detail::require_at_least(api, "stale_after", o.stale_after, 1);
+  detail::require_at_least(api, "probe_samples", o.probe_samples, 1);
+  detail::require_at_least(api, "initial_stride", o.initial_stride, 1);
   double b = o.min_budget;
   while (true) {
     const auto v = static_cast<std::int32_t>(std::lround(b));

@@ -15,16 +15,14 @@ std::int32_t step_plan::num_sampling() const noexcept {
 
 namespace {
 void check_options(const planner_options& o) {
-  auto bad = [](const char* what, std::int64_t v, const char* rule) {
-    throw_engine_error(errc::invalid_argument, detail::cat("step_planner: ", what, " ", v, " ", rule));
-  };
-  if (o.max_running < 1) bad("max_running", o.max_running, "< 1");
-  if (o.num_pages < 1) bad("num_pages", o.num_pages, "< 1");
-  if (o.page_size < 1) bad("page_size", o.page_size, "< 1");
-  if (o.dcp_world < 1) bad("dcp_world", o.dcp_world, "< 1");
-  if (o.limits.max_context < 1) bad("limits.max_context", o.limits.max_context, "< 1");
-  if (o.limits.vocab_size < 1) bad("limits.vocab_size", o.limits.vocab_size, "< 1");
-  if (o.max_retries < 0) bad("max_retries", o.max_retries, "< 0");
+  constexpr std::string_view api = "step_planner";
+  detail::require_at_least(api, "max_running", o.max_running, 1);
+  detail::require_at_least(api, "num_pages", o.num_pages, 1);
+  detail::require_at_least(api, "page_size", o.page_size, 1);
+  detail::require_at_least(api, "dcp_world", o.dcp_world, 1);
+  detail::require_at_least(api, "limits.max_context", o.limits.max_context, 1);
+  detail::require_at_least(api, "limits.vocab_size", o.limits.vocab_size, 1);
+  detail::require_at_least(api, "max_retries", o.max_retries, 0);
   if (o.ubatches.min < 1 || o.ubatches.max < o.ubatches.min)
     throw_engine_error(errc::invalid_argument, detail::cat("step_planner: ubatch limits [", o.ubatches.min, ", ",
                                                            o.ubatches.max, "] are not a range >= 1"));

@@ -61,22 +61,20 @@ struct step_runner::ring_entry {
 
 step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, step_model& model, runner_options o)
     : executor_(std::move(executor)), device_(&device), model_(&model), options_(o) {
-  auto bad = [](const char* what, std::int64_t v, const char* rule) {
-    throw_engine_error(errc::invalid_argument, detail::cat("step_runner: ", what, " ", v, " ", rule));
-  };
-  if (o.max_tokens < 1) bad("max_tokens", o.max_tokens, "< 1");
-  if (o.max_reqs < 1) bad("max_reqs", o.max_reqs, "< 1");
-  if (o.max_pages < 1) bad("max_pages", o.max_pages, "< 1");
-  if (o.max_ubatches < 1) bad("max_ubatches", o.max_ubatches, "< 1");
-  if (o.ring < 1) bad("ring", o.ring, "< 1");
+  constexpr std::string_view api = "step_runner";
+  detail::require_at_least(api, "max_tokens", o.max_tokens, 1);
+  detail::require_at_least(api, "max_reqs", o.max_reqs, 1);
+  detail::require_at_least(api, "max_pages", o.max_pages, 1);
+  detail::require_at_least(api, "max_ubatches", o.max_ubatches, 1);
+  detail::require_at_least(api, "ring", o.ring, 1);
   if (o.dcp_world < 1 || o.dcp_rank < 0 || o.dcp_rank >= o.dcp_world)
     throw_engine_error(errc::invalid_argument,
                        detail::cat("step_runner: dcp_rank ", o.dcp_rank, " is not a rank of dcp_world ", o.dcp_world));
   const model_info info = model.info();
-  if (info.vocab_size < 1) bad("model vocab_size", info.vocab_size, "< 1");
+  detail::require_at_least(api, "model vocab_size", info.vocab_size, 1);
   const std::span<const stage_kind> stages = model.stages();
   stages_.assign(stages.begin(), stages.end());
-  if (stages_.empty()) bad("model stages()", 0, "is empty");
+  if (stages_.empty()) detail::raise_bad_option(api, "model stages()", 0, "is empty");
   for (std::size_t i = 0; i < stages_.size(); ++i) {
     if (stages_[i] != stage_kind::graph && stages_[i] != stage_kind::eager && stages_[i] != stage_kind::collective)
       throw_engine_error(errc::unknown_mode, detail::cat("step_runner: model stage ", i, " has an unknown stage_kind"));

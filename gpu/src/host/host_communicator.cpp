@@ -17,6 +17,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cobatch::gpu::host {
@@ -84,7 +85,8 @@ void reduce_bytes(std::byte* acc, const std::byte* in, std::size_t n, data_type 
 
 class rendezvous {
  public:
-  rendezvous(int size, communicator_options options) : size_(size), options_(options), calls_(size) {}
+  rendezvous(int size, communicator_options options, communicator_hooks hooks)
+      : size_(size), options_(options), hooks_(std::move(hooks)), calls_(size) {}
 
   int size() const noexcept { return size_; }
 
@@ -93,14 +95,14 @@ class rendezvous {
     std::unique_lock lock(mutex_);
     // Phase 1: wait until the previous collective has been read by everyone,
     // then deposit this rank's call.
-    wait_for(lock, [&] { return !copying_; });
+    wait_for(lock, rank, [&] { return !copying_; });
     calls_[rank] = mine;
     if (++arrived_ == size_) {
       copying_ = true;
       cv_.notify_all();
     } else {
       const auto generation = generation_;
-      wait_for(lock, [&] { return copying_ && generation_ == generation; });
+      wait_for(lock, rank, [&] { return copying_ && generation_ == generation; });
     }
     // Phase 2: check agreement and compute this rank's result from the
     // others' send buffers, which stay valid until everyone has left.
@@ -122,7 +124,7 @@ class rendezvous {
       cv_.notify_all();
     } else {
       const auto generation = generation_;
-      wait_for(lock, [&] { return generation_ != generation; });
+      wait_for(lock, rank, [&] { return generation_ != generation; });
     }
     if (!mismatch.empty()) raise(errc::rank_mismatch, mismatch);
     return out;
@@ -146,16 +148,16 @@ class rendezvous {
     return l;
   }
 
-  /// Waits until the receiver has copied a posted letter.
-  void wait_taken(const letter& l) {
+  /// Waits, as rank `from`, until the receiver has copied a posted letter.
+  void wait_taken(int from, const letter& l) {
     std::unique_lock lock(mutex_);
-    wait_for(lock, [&] { return l.taken; });
+    wait_for(lock, from, [&] { return l.taken; });
   }
 
   void recv(int from, int to, void* buf, std::size_t bytes) {
     std::unique_lock lock(mutex_);
     auto& box = mailbox_[{from, to}];
-    wait_for(lock, [&] { return !box.empty(); });
+    wait_for(lock, to, [&] { return !box.empty(); });
     auto l = box.front();
     box.pop_front();
     l->taken = true;
@@ -179,9 +181,11 @@ class rendezvous {
   }
 
  private:
+  /// Waits, as `rank`, until `ready` or an abort.
   template <typename Pred>
-  void wait_for(std::unique_lock<std::mutex>& lock, Pred ready) {
+  void wait_for(std::unique_lock<std::mutex>& lock, int rank, Pred ready) {
     auto done = [&] { return aborted_ || ready(); };
+    if (hooks_.before_block && !done()) hooks_.before_block(rank);
     if (options_.timeout.count() > 0) {
       if (!cv_.wait_for(lock, options_.timeout, done)) {
         // A rank that never arrives must not hang the others: abort all.
@@ -240,6 +244,7 @@ class rendezvous {
 
   const int size_;
   const communicator_options options_;
+  const communicator_hooks hooks_;
   std::mutex mutex_;
   std::condition_variable cv_;
   std::vector<call> calls_;
@@ -298,7 +303,7 @@ class host_communicator final : public detail::communicator_impl {
           if (op.kind == p2p::op_kind::recv) shared->recv(op.peer, rank, op.recv_buf, op.bytes);
           if (op.kind == p2p::op_kind::self_copy) std::memcpy(op.recv_buf, op.send_buf, op.bytes);
         }
-        for (const auto& l : posted) shared->wait_taken(*l);
+        for (const auto& l : posted) shared->wait_taken(rank, *l);
       });
     }
   }
@@ -385,11 +390,15 @@ class host_communicator final : public detail::communicator_impl {
 }  // namespace
 
 std::vector<communicator> make_communicators(int world_size, communicator_options options) {
+  return make_communicators(world_size, options, {});
+}
+
+std::vector<communicator> make_communicators(int world_size, communicator_options options, communicator_hooks hooks) {
   if (world_size < 1) {
     throw std::system_error(make_error_code(errc::invalid_argument),
                             "cobatch: world size must be at least 1, got " + std::to_string(world_size));
   }
-  auto shared = std::make_shared<rendezvous>(world_size, options);
+  auto shared = std::make_shared<rendezvous>(world_size, options, std::move(hooks));
   std::vector<communicator> ranks;
   ranks.reserve(static_cast<std::size_t>(world_size));
   for (int r = 0; r < world_size; ++r) ranks.emplace_back(std::make_unique<host_communicator>(shared, r));

@@ -2,6 +2,8 @@
 // and device 0.
 #pragma once
 
+#include "device_fixture.hpp"
+
 #include "cobatch/coro/run_loop.hpp"
 #include "cobatch/coro/sync_wait.hpp"
 #include "cobatch/coro/use_task.hpp"
@@ -14,11 +16,9 @@
 
 namespace cuda_test {
 
-struct fixture {
-  cobatch::coro::run_loop loop;
-  cobatch::coro::completion_reactor reactor{loop.get_executor()};
-  cobatch::gpu::cuda::cuda_device dev{reactor, 0};
-  fixture() { loop.attach(reactor); }
+/// On device 0.
+struct fixture : cobatch::test::device_fixture<cobatch::gpu::cuda::cuda_device> {
+  fixture() : device_fixture(0) {}
 };
 
 inline std::vector<float> random_floats(std::size_t n, unsigned seed) {

@@ -6,6 +6,8 @@
 #include "cobatch/engine/dispatch/capture_ladder.hpp"
 #include "cobatch/engine/dispatch/dispatch_router.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
+#include "dispatch_test_support.hpp"
+#include "host_fixture.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -20,18 +22,12 @@ using namespace cobatch;
 // use from work that reads fixed (persistent) buffers, and replays it; the
 // replay's output for the real tokens equals eager execution on fresh inputs.
 TEST_CASE("dispatched host graphs replay like eager execution on fresh inputs", "[engine][dispatch][graph]") {
-  coro::run_loop loop;
-  coro::completion_reactor reactor(loop.get_executor());
-  loop.attach(reactor);
-  gpu::host::host_device dev(reactor);
-  auto stream = dev.make_stream();
+  test::host_fixture f;
+  auto& loop = f.loop;
+  auto stream = f.dev.make_stream();
 
   constexpr std::uint32_t max_tokens = 64;
-  engine::dispatch_router router(engine::capture_ladder::standard(max_tokens));
-  for (std::uint32_t size : router.ladder().sizes()) {
-    router.declare(engine::dispatch_mode::piecewise, engine::dispatch_key::for_tokens(size));
-  }
-  engine::graph_dispatcher<gpu::graph_exec> dispatcher(std::move(router));
+  auto dispatcher = engine::test::piecewise_dispatcher<gpu::graph_exec>(max_tokens);
 
   // Persistent buffers: every captured graph reads and writes these addresses.
   std::vector<float> persistent_in(max_tokens), persistent_out(max_tokens);

@@ -5,6 +5,8 @@
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 #include "engine_test_support.hpp"
+#include "dispatch_test_support.hpp"
+#include "host_fixture.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -253,17 +255,12 @@ TEST_CASE("latency of a step that ran is recorded under the mode that ran", "[en
 // The whole run path on the host backend: persistent buffers, capture of the
 // padded graph, replay, eager above the ladder; outputs equal eager compute.
 TEST_CASE("run on host graphs gives the eager result for every step", "[engine][dispatch][run][graph]") {
-  coro::run_loop loop;
-  coro::completion_reactor reactor(loop.get_executor());
-  loop.attach(reactor);
-  gpu::host::host_device dev(reactor);
-  auto stream = dev.make_stream();
+  cobatch::test::host_fixture f;
+  auto& loop = f.loop;
+  auto stream = f.dev.make_stream();
 
   constexpr std::uint32_t max_tokens = 64;
-  dispatch_router router(capture_ladder::standard(max_tokens));
-  for (std::uint32_t size : router.ladder().sizes())
-    router.declare(dispatch_mode::piecewise, dispatch_key::for_tokens(size));
-  graph_dispatcher<gpu::graph_exec> dispatcher(std::move(router));
+  auto dispatcher = engine::test::piecewise_dispatcher<gpu::graph_exec>(max_tokens);
 
   std::vector<float> persistent_in(max_tokens + 16), persistent_out(max_tokens + 16);
   auto layer = [](const float* in, float* out, std::uint32_t n) {

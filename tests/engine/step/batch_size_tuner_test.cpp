@@ -1,6 +1,7 @@
 #include <cobatch/engine/step/batch_size_tuner.hpp>
 
 #include "engine_test_support.hpp"
+#include "tuner_cost_model.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -11,28 +12,7 @@ using namespace cobatch::engine;
 using namespace cobatch::engine::test;
 
 namespace {
-// Step time (ns) of a budget: fixed cost, per-token cost, and a quadratic
-// penalty past a knee where the kernels stop scaling.
-struct cost_model {
-  double fixed, per_token, knee, penalty;
-  double operator()(double b) const {
-    const double over = std::max(0.0, b - knee);
-    return fixed + per_token * b + penalty * over * over;
-  }
-};
-
-double run_and_score(batch_size_tuner& tuner, const cost_model& cost, std::mt19937_64& rng, int steps, double target) {
-  std::normal_distribution<double> noise(1.0, 0.03);
-  for (int i = 0; i < steps; ++i) {
-    const std::int32_t b = tuner.budget(step_phase::prefill);
-    tuner.record(step_phase::prefill, b, b, std::chrono::nanoseconds(static_cast<std::int64_t>(cost(b) * noise(rng))));
-  }
-  double best = 0;
-  for (std::int32_t b : tuner.grid())
-    if (cost(b) <= target) best = std::max(best, b / cost(b));
-  const double chosen = tuner.best(step_phase::prefill);
-  return cost(chosen) <= target ? (chosen / cost(chosen)) / best : 0.0;
-}
+using cost_model = tuner_cost_model;
 }  // namespace
 
 TEST_CASE("batch_size_tuner: settles within 10% of the best budget on seeded cost models and follows a change",
@@ -40,14 +20,13 @@ TEST_CASE("batch_size_tuner: settles within 10% of the best budget on seeded cos
   for (std::uint64_t seed = 1; seed <= 12; ++seed) {
     INFO("seed " << seed);
     std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<double> u(0.0, 1.0);
     const double target = 50e6;
-    const cost_model a{2e6 + 4e6 * u(rng), 2e3 + 8e3 * u(rng), 500 + 3000 * u(rng), 20 + 200 * u(rng)};
-    const cost_model b{a.fixed * 1.5, a.per_token * 2.0, a.knee * 0.5, a.penalty * 2};
+    const cost_model a = cost_model::random(rng);
+    const cost_model b = a.changed();
     batch_size_tuner tuner({.min_budget = 16, .max_budget = 8192, .target_step_time = std::chrono::milliseconds(50)});
-    CHECK(run_and_score(tuner, a, rng, 400, target) >= 0.9);
-    CHECK(run_and_score(tuner, b, rng, 400, target) >= 0.9);  // the cost changed
-    CHECK(run_and_score(tuner, a, rng, 400, target) >= 0.9);  // and back
+    CHECK(tuner_score(tuner, a, rng, 400, target) >= 0.9);
+    CHECK(tuner_score(tuner, b, rng, 400, target) >= 0.9);  // the cost changed
+    CHECK(tuner_score(tuner, a, rng, 400, target) >= 0.9);  // and back
   }
 }
 
@@ -57,7 +36,7 @@ TEST_CASE("batch_size_tuner: keeps steps within the target time", "[engine][step
   const cost_model cost{1e6, 9e3, 1e9, 0};
   batch_size_tuner tuner({.min_budget = 16, .max_budget = 8192, .target_step_time = std::chrono::milliseconds(10)});
   std::mt19937_64 rng(3);
-  run_and_score(tuner, cost, rng, 400, 10e6);
+  tuner_score(tuner, cost, rng, 400, 10e6);
   CHECK(cost(tuner.best(step_phase::prefill)) <= 10e6 * 1.03);  // within the 3% measurement noise
   CHECK(tuner.best(step_phase::prefill) >= 900);
 }

@@ -6,6 +6,7 @@
 #include "cobatch/engine/ubatch/ubatch_error.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 #include "engine_test_support.hpp"
+#include "ubatch_fixture.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -19,14 +20,7 @@ using engine::test::thrown_by;
 
 namespace {
 
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  gpu::stream_pool pool{dev};
-  engine::ubatch_scheduler scheduler{dev, pool};
-  fixture() { loop.attach(reactor); }
-};
+using fixture = test::ubatch_fixture;
 
 // A "layer": output row i = (id_i * 10 + position_i, hidden_i * 2) for each
 // real token, computed on the device (the compute stream), with a switch

@@ -6,6 +6,8 @@
 #include "cobatch/engine/ubatch/ubatch_scheduler.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
 #include "engine_test_support.hpp"
+#include "host_fixture.hpp"
+#include "host_gate.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -18,23 +20,7 @@ using engine::test::thrown_by;
 
 namespace {
 
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  gpu::stream_pool pool{dev, {.compute_streams = 2, .communication_streams = 2}};
-  fixture() { loop.attach(reactor); }
-};
-
-// Holds a stream's worker until released, so a stream's load stays pending
-// for exactly as long as the test says.
-struct gate {
-  std::promise<void> open;
-  std::shared_future<void> opened = open.get_future().share();
-  void block(gpu::stream_ref s) {
-    s.enqueue([f = opened] { f.wait(); });
-  }
-};
+using fixture = test::host_pool_fixture;
 
 }  // namespace
 
@@ -96,14 +82,14 @@ TEST_CASE("a stream pool's load is what was charged and is not done yet", "[engi
   fixture f;
   const auto compute = gpu::stream_role::compute;
   CHECK(f.pool.least_loaded(compute) == 0);
-  gate g;
-  g.block(f.pool.at(compute, 0));
+  test::scoped_host_gate g;
+  g.hold(f.pool.at(compute, 0));
   f.pool.charge(compute, 0, 100, f.pool.at(compute, 0).mark());
   f.pool.charge(compute, 1, 30, gpu::fence{});  // already done
   CHECK(f.pool.load(compute, 0) == 100);
   CHECK(f.pool.load(compute, 1) == 0);
   CHECK(f.pool.least_loaded(compute) == 1);
-  g.open.set_value();
+  g.open();
   coro::sync_wait(f.loop, [&]() -> coro::task<void> { co_await f.pool.at(compute, 0).async_wait(coro::use_task); }());
   CHECK(f.pool.load(compute, 0) == 0);
   CHECK(f.pool.least_loaded(compute) == 0);
@@ -117,9 +103,9 @@ TEST_CASE("least_loaded gives each micro-batch the idlest stream and charges its
   const auto comm = gpu::stream_role::communication;
 
   // Stream 0 of each role is busy with 1000 units of someone else's work.
-  gate busy;
+  test::scoped_host_gate busy;
   for (auto role : {compute, comm}) {
-    busy.block(f.pool.at(role, 0));
+    busy.hold(f.pool.at(role, 0));
     f.pool.charge(role, 0, 1000, f.pool.at(role, 0).mark());
   }
   std::vector<std::int32_t> q{40, 24, 8, 8};  // micro-batches of 40, 24 and 16 tokens
@@ -132,8 +118,8 @@ TEST_CASE("least_loaded gives each micro-batch the idlest stream and charges its
   REQUIRE(plan[0].padded_tokens == 40);
 
   // Hold stream 1 of each role too, so this step's charges stay pending to be read.
-  gate mine;
-  for (auto role : {compute, comm}) mine.block(f.pool.at(role, 1));
+  test::scoped_host_gate mine;
+  for (auto role : {compute, comm}) mine.hold(f.pool.at(role, 1));
 
   std::vector<std::size_t> got;
   auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
@@ -150,7 +136,7 @@ TEST_CASE("least_loaded gives each micro-batch the idlest stream and charges its
 
   // Free stream 0; stream 1 still holds 80: the next step's first micro-batch
   // (in turn order: 2 goes first) gets stream 0 and the rest follow the loads.
-  busy.open.set_value();
+  busy.open();
   coro::sync_wait(f.loop, [&]() -> coro::task<void> {
     co_await f.pool.at(compute, 0).async_wait(coro::use_task);
     co_await f.pool.at(comm, 0).async_wait(coro::use_task);
@@ -162,7 +148,7 @@ TEST_CASE("least_loaded gives each micro-batch the idlest stream and charges its
   // mb1 (24) -> s0 (56 < 80).
   CHECK(got == std::vector<std::size_t>{0, 0, 0});
   CHECK(scheduler.compute_stream(1) == f.pool.at(compute, 0));
-  mine.open.set_value();
+  mine.open();
   coro::sync_wait(f.loop, [&]() -> coro::task<void> {
     for (std::size_t s = 0; s < 2; ++s) {
       co_await f.pool.at(compute, s).async_wait(coro::use_task);

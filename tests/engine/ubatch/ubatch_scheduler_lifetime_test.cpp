@@ -10,6 +10,8 @@
 #include "cobatch/engine/error.hpp"
 #include "cobatch/engine/ubatch/ubatch_error.hpp"
 #include "cobatch/gpu/host/host_device.hpp"
+#include "ubatch_fixture.hpp"
+#include "host_gate.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/cancellation_signal.hpp>
@@ -25,34 +27,14 @@ using namespace cobatch;
 
 namespace {
 
-struct fixture {
-  coro::run_loop loop;
-  coro::completion_reactor reactor{loop.get_executor()};
-  gpu::host::host_device dev{reactor};
-  gpu::stream_pool pool{dev};
-  engine::ubatch_scheduler scheduler{dev, pool};
-  fixture() { loop.attach(reactor); }
-};
-
-// Device work held until the test opens it: the step's drain cannot finish
-// before, whatever the host does meanwhile.
-struct gate {
-  std::atomic<bool> open{false};
-  void wait() const {
-    while (!open.load(std::memory_order_acquire)) open.wait(false, std::memory_order_acquire);
-  }
-  void release() {
-    open.store(true, std::memory_order_release);
-    open.notify_all();
-  }
-};
+using fixture = test::ubatch_fixture;
 
 }  // namespace
 
 TEST_CASE("cancelling a failed step while it drains its streams does not return before the work is done",
           "[engine][ubatch_scheduler][lifetime]") {
   fixture f;
-  gate held;
+  test::scoped_host_gate held;
   auto buffer = std::make_unique<std::vector<int>>(64, 0);
   std::atomic<bool> work_done{false};
   asio::cancellation_signal cancel;
@@ -63,8 +45,8 @@ TEST_CASE("cancelling a failed step while it drains its streams does not return 
   auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
     if (ctx.index() == 0) {
       auto* data = buffer.get();
-      ctx.compute_stream().enqueue([&held, &work_done, data] {
-        held.wait();
+      held.hold(ctx.compute_stream());
+      ctx.compute_stream().enqueue([&work_done, data] {
         for (auto& x : *data) x = 1;  // the caller's buffer
         work_done.store(true, std::memory_order_release);
       });
@@ -88,7 +70,7 @@ TEST_CASE("cancelling a failed step while it drains its streams does not return 
     f.loop.poll();
   }
   CHECK_FALSE(completed);
-  held.release();
+  held.open();
   while (!completed) f.loop.poll();
   CHECK(work_done_at_completion);
   REQUIRE(error);
@@ -98,12 +80,12 @@ TEST_CASE("cancelling a failed step while it drains its streams does not return 
 TEST_CASE("run() from a second thread while a step runs is refused, not a race",
           "[engine][ubatch_scheduler][threads]") {
   fixture f;
-  gate held;
+  test::scoped_host_gate held;
   // Relaxed on purpose: the second thread learns that the step runs without
   // any synchronisation, as an unrelated thread would.
   std::atomic<bool> step_running{false};
   auto body = [&](engine::ubatch_context& ctx) -> coro::task<void> {
-    ctx.compute_stream().enqueue([&held] { held.wait(); });
+    held.hold(ctx.compute_stream());
     step_running.store(true, std::memory_order_relaxed);
     co_await ctx.compute_stream().async_wait(coro::use_task);
   };
@@ -117,7 +99,7 @@ TEST_CASE("run() from a second thread while a step runs is refused, not a race",
     } catch (const engine::engine_error& e) {
       second_error = e.code();
     }
-    held.release();
+    held.open();
   });
   coro::sync_wait(f.loop, f.scheduler.run(1, body));
   second.join();

@@ -13,6 +13,7 @@
 #include "engine_test_support.hpp"
 #include "host_fixture.hpp"
 #include "host_gate.hpp"
+#include "ubatch_fixture.hpp"
 
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/error.hpp>
@@ -38,10 +39,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct fixture : test::host_fixture {
-  gpu::stream_pool pool{dev};
-  engine::ubatch_scheduler scheduler{dev, pool};
-};
+using fixture = test::ubatch_fixture;
 
 // Fails the test process instead of letting a hung step hang CI.
 class watchdog {
@@ -294,13 +292,9 @@ TEST_CASE("a throwing hook fails the micro-batch that registered it", "[engine][
     co_await ctx.yield();
     co_await ctx.yield();
   };
-  try {
-    coro::sync_wait(f.loop, f.scheduler.run(3, body));
-    FAIL("the step should have failed");
-  } catch (const engine::ubatch_error& e) {
-    CHECK(e.ubatch() == 1);
-    CHECK(std::string(e.what()).find("recv failed") != std::string::npos);
-  }
+  const auto e = engine::test::thrown_by<engine::ubatch_error>([&] { coro::sync_wait(f.loop, f.scheduler.run(3, body)); });
+  CHECK(e.ubatch() == 1);
+  CHECK(std::string(e.what()).find("recv failed") != std::string::npos);
 }
 
 TEST_CASE("the caller's cancellation ends the step with operation_aborted", "[engine][ubatch_scheduler]") {
@@ -330,10 +324,7 @@ TEST_CASE("the caller's cancellation ends the step with operation_aborted", "[en
                 error = e;
                 done = true;
               }));
-  while (!done) {
-    f.loop.restart();
-    f.loop.run();
-  }
+  f.run_until(done);
   REQUIRE(error);
   try {
     std::rethrow_exception(error);
@@ -354,13 +345,10 @@ TEST_CASE("bad use of a scheduler gets a clear error", "[engine][ubatch_schedule
     co_await ctx.switch_to_comm();
     co_await ctx.switch_to_comm();
   };
-  try {
-    coro::sync_wait(f.loop, f.scheduler.run(2, twice));
-    FAIL("switching to comm twice should fail");
-  } catch (const engine::ubatch_error& e) {
-    CHECK(e.ubatch() == 0);
-    CHECK(std::string(e.what()).find("already on the comm stream") != std::string::npos);
-  }
+  const auto twice_error =
+      engine::test::thrown_by<engine::ubatch_error>([&] { coro::sync_wait(f.loop, f.scheduler.run(2, twice)); });
+  CHECK(twice_error.ubatch() == 0);
+  CHECK(std::string(twice_error.what()).find("already on the comm stream") != std::string::npos);
 
   auto no_plan = [](engine::ubatch_context& ctx) -> coro::task<void> {
     (void)ctx.slice();
@@ -370,12 +358,9 @@ TEST_CASE("bad use of a scheduler gets a clear error", "[engine][ubatch_schedule
 
   // One step at a time per scheduler.
   auto nested = [&](engine::ubatch_context&) -> coro::task<void> { co_await f.scheduler.run(1, noop); };
-  try {
-    coro::sync_wait(f.loop, f.scheduler.run(1, nested));
-    FAIL("a nested step on the same scheduler should fail");
-  } catch (const engine::ubatch_error& e) {
-    CHECK(std::string(e.what()).find("already running") != std::string::npos);
-  }
+  const auto nested_error =
+      engine::test::thrown_by<engine::ubatch_error>([&] { coro::sync_wait(f.loop, f.scheduler.run(1, nested)); });
+  CHECK(std::string(nested_error.what()).find("already running") != std::string::npos);
   // ...and the scheduler is usable again afterwards.
   CHECK_NOTHROW(coro::sync_wait(f.loop, f.scheduler.run(2, noop)));
 }
@@ -466,10 +451,7 @@ TEST_CASE("async_run: the step as an initiating function, with a callback and wi
     done = true;
   });
   CHECK_FALSE(done);  // started by a post, never inline
-  while (!done) {
-    f.loop.restart();
-    f.loop.run();
-  }
+  f.run_until(done);
   CHECK_FALSE(error);
   CHECK(outputs == std::vector<int>{0, 10, 20});
 
@@ -487,10 +469,7 @@ TEST_CASE("async_run: the step as an initiating function, with a callback and wi
                           error = e;
                           done = true;
                         }));
-  while (!done) {
-    f.loop.restart();
-    f.loop.run();
-  }
+  f.run_until(done);
   REQUIRE(error);
   CHECK_THROWS_AS(std::rethrow_exception(error), std::system_error);
 }

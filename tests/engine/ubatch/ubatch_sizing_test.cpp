@@ -21,6 +21,13 @@ activation_memory memory_with(std::uint64_t bytes_per_token) { return {1000, 0.8
 
 double ns(fractional_ns d) { return d.count(); }
 
+// Checks each of a choice's count, reason and predicted step time (ns).
+void check_choice(const timing_choice& c, std::int32_t num_ubatches, timing_reason reason, double predicted_ns) {
+  CHECK(c.num_ubatches == num_ubatches);
+  CHECK(c.reason == reason);
+  CHECK(ns(c.predicted) == Approx(predicted_ns));
+}
+
 }  // namespace
 
 TEST_CASE("memory picks the fewest micro-batches that fit the budget", "[engine][sizing][memory]") {
@@ -110,29 +117,17 @@ TEST_CASE("the timing model learns per-token cost net of overlap and overhead", 
   CHECK(ns(*model.predict(step_phase::prefill, 200, 2)) == Approx(16'000.0));
 
   SECTION("the fewest micro-batches that meet the target") {
-    const timing_choice one = model.choose(step_phase::prefill, 100, {1, 4});
-    CHECK(one.num_ubatches == 1);
-    CHECK(one.reason == timing_reason::target_met);
-    CHECK(ns(one.predicted) == Approx(9'000.0));
-    const timing_choice two = model.choose(step_phase::prefill, 200, {1, 4});
-    CHECK(two.num_ubatches == 2);
-    CHECK(two.reason == timing_reason::target_met);
-    CHECK(ns(two.predicted) == Approx(16'000.0));
+    check_choice(model.choose(step_phase::prefill, 100, {1, 4}), 1, timing_reason::target_met, 9'000.0);
+    check_choice(model.choose(step_phase::prefill, 200, {1, 4}), 2, timing_reason::target_met, 16'000.0);
     CHECK(model.choose(step_phase::prefill, 200, {3, 4}).num_ubatches == 3);  // clamped up
   }
   SECTION("the fastest count when none meets it") {
     // 400 tokens: 33000, 30000, 29666.7, 30000 ns: overhead overtakes overlap after 3.
-    const timing_choice best = model.choose(step_phase::prefill, 400, {1, 8});
-    CHECK(best.num_ubatches == 3);
-    CHECK(best.reason == timing_reason::best_effort);
-    CHECK(ns(best.predicted) == Approx(29'666.6667));
+    check_choice(model.choose(step_phase::prefill, 400, {1, 8}), 3, timing_reason::best_effort, 29'666.6667);
     CHECK(model.choose(step_phase::prefill, 400, {1, 2}).num_ubatches == 2);  // clamped down
   }
   SECTION("phases are learned apart") {
-    const timing_choice d = model.choose(step_phase::decode, 400, {2, 4});
-    CHECK(d.num_ubatches == 2);
-    CHECK(d.reason == timing_reason::no_history);
-    CHECK(ns(d.predicted) == 0.0);
+    check_choice(model.choose(step_phase::decode, 400, {2, 4}), 2, timing_reason::no_history, 0.0);
   }
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "cobatch/coro/completion_reactor.hpp"
+#include "cobatch/gpu/detail/native_handle_owner.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/fence.hpp"
 
@@ -29,10 +30,7 @@ class event_impl {
   virtual void* native_handle() const noexcept = 0;
   /// Gives the native event up to the caller and returns it; backends
   /// without native events (the host backend) refuse.
-  virtual void* release_native_handle() {
-    throw std::system_error(make_error_code(errc::invalid_argument),
-                            "cobatch: event::release(): this backend's events have no native handle to hand over");
-  }
+  virtual void* release_native_handle() { throw_no_native_handle("event::release()", "events"); }
 };
 }  // namespace detail
 
@@ -67,35 +65,20 @@ class event_ref {
 
 /// Owning handle to an event: it always owns its backend event (an event
 /// used without owning it is an event_ref); destroying it never throws.
-class event {
+/// release() hands the native event back (a cudaEvent_t for the CUDA
+/// backend); fences made from it refer to it still. See
+/// detail::native_handle_owner for ref(), release() and emptiness.
+class event : public detail::native_handle_owner<detail::event_impl, event_ref> {
  public:
+  using native_handle_owner::native_handle_owner;
   event() noexcept = default;
-  explicit event(std::unique_ptr<detail::event_impl> impl) noexcept : impl_(std::move(impl)) {}
   event(std::nullptr_t) = delete;
-
-  explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
-  event_ref ref() const noexcept { return event_ref(*impl_); }
-  operator event_ref() const noexcept { return ref(); }
 
   coro::fence_status query() const noexcept { return ref().query(); }
   template <typename Token>
   auto async_wait(Token&& token) const {
     return ref().async_wait(std::forward<Token>(token));
   }
-  /// Hands the native event back (a cudaEvent_t for the CUDA backend): the
-  /// caller destroys it from now on, and this handle is empty. Fences made
-  /// from it refer to it still. Null for an empty handle; throws
-  /// std::system_error (errc::invalid_argument), leaving the handle as it
-  /// was, for a backend without native events (the host backend).
-  [[nodiscard]] void* release() {
-    if (!impl_) return nullptr;
-    void* native = impl_->release_native_handle();
-    impl_.reset();
-    return native;
-  }
-
- private:
-  std::unique_ptr<detail::event_impl> impl_;
 };
 
 }  // namespace cobatch::gpu

@@ -39,6 +39,11 @@ struct rendezvous_options {
   /// How long rank 0 waits for every peer, and a peer for rank 0 (it retries
   /// while rank 0 is not listening yet). Running out is errc::timeout.
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+  /// A peer calls it, on its own thread, with the error of each connection
+  /// attempt that failed and will be retried (rank 0 not listening yet, a
+  /// reset connection): for logging, and for tests that must know a peer
+  /// knocked before rank 0 listens.
+  std::function<void(const std::error_code&)> on_retry{};
 };
 
 /// Rank 0's side. Binding happens in the constructor, so the port is known

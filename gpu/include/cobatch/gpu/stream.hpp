@@ -51,10 +51,7 @@ class stream_impl {
   /// Gives the native stream up to the caller (the backend object no longer
   /// destroys it) and returns it. Backends whose streams have no native
   /// object of their own (the host backend) refuse.
-  virtual void* release_native_handle() {
-    throw std::system_error(make_error_code(errc::invalid_argument),
-                            "cobatch: stream::release(): this backend's streams have no native handle to hand over");
-  }
+  virtual void* release_native_handle() { throw_no_native_handle("stream::release()", "streams"); }
 };
 }  // namespace detail
 
@@ -106,15 +103,14 @@ class stream_ref {
 /// Owning handle to a stream: it always owns its backend stream (a stream
 /// used without owning it is a stream_ref). Its destructor waits for the
 /// enqueued work to finish, then destroys the stream, and never throws.
-class stream {
+/// release() hands the native stream back (a cudaStream_t for the CUDA
+/// backend) without waiting for enqueued work. See
+/// detail::native_handle_owner for ref(), release() and emptiness.
+class stream : public detail::native_handle_owner<detail::stream_impl, stream_ref> {
  public:
+  using native_handle_owner::native_handle_owner;
   stream() noexcept = default;
-  explicit stream(std::unique_ptr<detail::stream_impl> impl) noexcept : impl_(std::move(impl)) {}
   stream(std::nullptr_t) = delete;
-
-  explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
-  stream_ref ref() const noexcept { return stream_ref(*impl_); }
-  operator stream_ref() const noexcept { return ref(); }
 
   template <typename F>
   void enqueue(F&& fn) const {
@@ -126,20 +122,6 @@ class stream {
   auto async_wait(Token&& token) const {
     return ref().async_wait(std::forward<Token>(token));
   }
-  /// Hands the native stream back (a cudaStream_t for the CUDA backend):
-  /// the caller destroys it from now on, and this handle is empty. Enqueued
-  /// work is not waited for. Null for an empty handle; throws
-  /// std::system_error (errc::invalid_argument), leaving the handle as it
-  /// was, for a backend without native streams (the host backend).
-  [[nodiscard]] void* release() {
-    if (!impl_) return nullptr;
-    void* native = impl_->release_native_handle();
-    impl_.reset();
-    return native;
-  }
-
- private:
-  std::unique_ptr<detail::stream_impl> impl_;
 };
 
 inline void graph_exec::launch(stream_ref s) const { impl_->launch(s.impl()); }

@@ -33,7 +33,7 @@ struct generation_request {
   std::int32_t max_tokens = 16;      ///< tokens to generate, >= 1
   sampling_params sampling{};
   /// Generation ends after any of these is produced (it is delivered).
-  std::vector<std::int32_t> stop_tokens;
+  std::vector<std::int32_t> stop_tokens{};  // {}: requests that leave it out do not warn (-Wextra)
 };
 
 /// Why a request ended; `none` while it runs.

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -80,7 +81,18 @@ class host_device final : public device {
   std::shared_ptr<buffer::accounting> accounting_;
 };
 
+/// Observation points of the in-process communicators.
+struct communicator_hooks {
+  /// Called each time rank `rank` is about to block waiting for another rank
+  /// (at a collective, a send or a receive), on that rank's stream thread and
+  /// with the communicator's lock held: it must not call the communicator.
+  /// Lets a test act while a rank is known to wait (abort the communicator,
+  /// say), where a sleep would only make that likely.
+  std::function<void(int rank)> before_block;
+};
+
 /// Creates `world_size` connected ranks in this process; element r is rank r.
 std::vector<communicator> make_communicators(int world_size, communicator_options options = {});
+std::vector<communicator> make_communicators(int world_size, communicator_options options, communicator_hooks hooks);
 
 }  // namespace cobatch::gpu::host
