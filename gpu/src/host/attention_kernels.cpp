@@ -320,7 +320,11 @@ float row_weights(const lse_merge_args& a, std::int64_t r, float* w) noexcept {
 //
 // Built twice, for AVX2 and for the baseline, and chosen at load time by the
 // CPU (GCC's target_clones): the sums must keep up with memcpy's wide loads.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+// Not under the sanitizers: the clones' resolver runs while the program is
+// relocated, before a sanitizer's runtime is up, and ThreadSanitizer's
+// instrumented resolver crashes there (every test of the engine with it).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("avx2", "default")))
 #endif
 void lse_merge(const lse_merge_args& a) {
