@@ -145,7 +145,7 @@ def p99_ttft(port, model, clients, seconds, max_tokens):
             "samples": len(ttfts), **tally}
 
 
-def batching_gain(args, errors, overloaded):
+def batching_gain(args):
     """Tokens/s at 64 clients over 1 client, on a server of the gain shape."""
     proc, port, model = start_server(os.path.abspath(args.server),
                                      ["--max-queue", "1024", "--model-shape", args.gain_shape, *args.server_arg])
@@ -158,14 +158,13 @@ def batching_gain(args, errors, overloaded):
         result["server_tokens_per_s_1"] = one["tokens_per_s"]
         result["server_tokens_per_s_64"] = many["tokens_per_s"]
         result["server_batching_gain"] = many["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else None
+        gain = result["server_batching_gain"]
         print(f"{args.gain_shape} shape: tokens/s 1 client {one['tokens_per_s']:.1f}, 64 clients "
-              f"{many['tokens_per_s']:.1f}, gain {result['server_batching_gain']:.2f}", flush=True)
-        errors += warm["errors"] + one["errors"] + many["errors"]
-        overloaded += warm["overloaded"] + one["overloaded"] + many["overloaded"]
+              f"{many['tokens_per_s']:.1f}, gain {'none' if gain is None else f'{gain:.2f}'}", flush=True)
+        result["errors"] = warm["errors"] + one["errors"] + many["errors"]
+        result["overloaded"] = warm["overloaded"] + one["overloaded"] + many["overloaded"]
     finally:
         result["server_gain_exit_status"] = stop_server(proc)
-    result["server_errors"] = errors
-    result["server_overloaded"] = overloaded
     return result
 
 
@@ -206,7 +205,9 @@ def main():
     finally:
         result["server_exit_status"] = stop_server(proc)
 
-    gain = batching_gain(args, errors, overloaded)
+    gain = batching_gain(args)
+    result["server_errors"] = errors + gain.pop("errors")
+    result["server_overloaded"] = overloaded + gain.pop("overloaded")
     result.update(gain)
     print(f"errors                {result['server_errors']} (503s: {result['server_overloaded']})", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
