@@ -10,11 +10,16 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <system_error>
 #include <type_traits>
 #include <vector>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>  // _mm_stream_ps, _mm_sfence
+#endif
 
 namespace cobatch::gpu::kernels::host {
 namespace {
@@ -90,26 +95,55 @@ inline void axpy(float w, const float* __restrict x, float* __restrict y, std::s
   for (std::size_t i = 0; i < n; ++i) y[i] += w * x[i];
 }
 
-// exp(x) for the softmax's x = score - max <= 0, in a form the compiler can
-// vectorise (std::exp is a library call per element): x = n ln2 + r with
-// |r| <= ln2/2, exp(r) by Cephes' expf polynomial (about 1 ulp), 2^n put
-// into the exponent bits. x below -87 is taken as -87: exp(-87) ~ 1e-38
-// weighs nothing beside the max's exp(0) = 1 in the same sum.
-inline float softmax_exp(float x) noexcept {
+// Four floats (or int32s) as one SSE register, by the GCC and Clang vector
+// extension: the LSE merge's weights, four rows at a time. 16 bytes is the
+// baseline of x86-64 (SSE2) and AArch64 (NEON), so such a value never changes
+// a calling convention whatever the function is built for (32-byte vectors do
+// where AVX is off, which GCC and Clang warn about).
+using f32x4 = float __attribute__((vector_size(16)));
+using i32x4 = std::int32_t __attribute__((vector_size(16)));
+
+inline f32x4 load4(const float* p) noexcept {
+  f32x4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store4(float* p, f32x4 v) noexcept { std::memcpy(p, &v, sizeof v); }
+/// yes where mask is all ones, no where it is 0 (mask from a vector compare).
+inline f32x4 select(i32x4 mask, f32x4 yes, f32x4 no) noexcept {
+  return std::bit_cast<f32x4>((mask & std::bit_cast<i32x4>(yes)) | (~mask & std::bit_cast<i32x4>(no)));
+}
+/// All ones where x is neither infinite nor NaN: an integer test of the
+/// exponent bits (a float compare against infinity is also a test for NaN).
+inline i32x4 finite4(f32x4 x) noexcept { return (std::bit_cast<i32x4>(x) & 0x7f800000) != 0x7f800000; }
+
+// 2^n for an integral n in [-126, 0], built in the exponent bits.
+inline float pow2(float n) noexcept { return std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23); }
+inline f32x4 pow2(f32x4 n) noexcept { return std::bit_cast<f32x4>((__builtin_convertvector(n, i32x4) + 127) << 23); }
+
+// exp(x) for x in [-87, 0], in a form the compiler can vectorise (std::exp
+// is a library call per element): x = n ln2 + r with |r| <= ln2/2, exp(r) by
+// Cephes' expf polynomial (about 1 ulp), 2^n put into the exponent bits. F is
+// float or f32x4. exp(-87) ~ 1e-38 is the smallest result.
+template <class F>
+inline F exp_nonpositive(F x) noexcept {
   constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
   constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  x = std::max(x, -87.0f);
-  const float n = (x * log2e + round_magic) - round_magic;
-  const float r = x - n * ln2_hi - n * ln2_lo;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
+  const F n = (x * log2e + round_magic) - round_magic;
+  const F r = x - n * ln2_hi - n * ln2_lo;
+  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  return e * std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23);
+  const F e = p * r * r + r + 1.0f;
+  return e * pow2(n);
 }
+
+// exp(x) for the softmax's x = score - max <= 0. x below -87 is taken as
+// -87: exp(-87) ~ 1e-38 weighs nothing beside the max's exp(0) = 1 in the
+// same sum.
+inline float softmax_exp(float x) noexcept { return exp_nonpositive(std::max(x, -87.0f)); }
 
 // A K or V row as floats: the row itself for f32, else converted into `tmp`.
 inline const float* as_floats(const float* row, float* /*tmp*/, std::size_t /*n*/) noexcept { return row; }
@@ -284,99 +318,206 @@ void chunk_merge(const chunk_merge_args& a) {
 
 namespace {
 
-// The normalised weights of one row's shards, 0 for a shard that adds nothing,
-// and the row's merged natural LSE. Shards whose LSE is -inf, +inf or NaN are
-// told apart here, and only here: the sums then need no test per element.
-float row_weights(const lse_merge_args& a, std::int64_t r, float* w) noexcept {
-  const std::int32_t n = a.num_shards;
-  float m = neg_inf;
-  for (std::int32_t i = 0; i < n; ++i) {
-    const float l = a.shard_lse[i * a.shard_lse_stride + r] * a.lse_in_scale;
-    w[i] = l;
-    if (std::isfinite(l)) m = std::max(m, l);
+// The normalised weights of `rows` (<= block) rows' shards, four rows at a
+// time in vector registers, and the rows' merged LSEs. On entry
+// w[i * block + j] holds shard i's natural LSE of row j, rows up to a
+// multiple of 4 padded with -inf; on return its weight. A shard whose LSE is
+// -inf, +inf or NaN, or whose weight is below exp(-87) ~ 1e-38 beside the
+// largest one, gets weight 0: they are told apart here, and only here, so the
+// sums need no test per element. Inlined into each clone of lse_merge, so
+// that it is built with the clone's instructions (FMA).
+__attribute__((always_inline)) inline void block_weights(float* w, std::size_t block, std::size_t n,
+                                                         std::int64_t rows, const lse_merge_args& a,
+                                                         std::int64_t r0) noexcept {
+  constexpr f32x4 none = {neg_inf, neg_inf, neg_inf, neg_inf};
+  constexpr f32x4 zero = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (std::int64_t j = 0; j < rows; j += 4) {
+    f32x4 m = none;  // the largest finite LSE, -inf for a row with none
+    for (std::size_t i = 0; i < n; ++i) {
+      const f32x4 l = load4(w + i * block + static_cast<std::size_t>(j));
+      m = select(finite4(l) & (l > m), l, m);
+    }
+    f32x4 sum = zero;
+    for (std::size_t i = 0; i < n; ++i) {
+      float* p = w + i * block + static_cast<std::size_t>(j);
+      const f32x4 x = load4(p) - m;  // NaN where the LSE is not finite
+      const i32x4 keep = finite4(x) & (x >= -87.0f);
+      const f32x4 e = select(keep, exp_nonpositive(select(keep, x, zero)), zero);
+      sum += e;
+      store4(p, e);
+    }
+    const i32x4 any = sum > 0.0f;
+    const f32x4 inv = select(any, 1.0f / select(any, sum, zero + 1.0f), zero);
+    for (std::size_t i = 0; i < n; ++i) {
+      float* p = w + i * block + static_cast<std::size_t>(j);
+      store4(p, load4(p) * inv);
+    }
+    if (a.out_lse == nullptr) continue;
+    for (std::int64_t k = 0; k < 4 && j + k < rows; ++k) {
+      a.out_lse[r0 + j + k] = m[k] == neg_inf ? neg_inf : (m[k] + std::log(sum[k])) * a.lse_out_scale;
+    }
   }
-  if (m == neg_inf) {
-    std::fill(w, w + n, 0.0f);
-    return neg_inf;
+}
+
+// Eight floats, the width of an AVX register, read and written through a
+// type of alignment 4 that may alias floats (as the intrinsics headers'
+// __m256_u). Used only as local values, never passed to or returned from a
+// function, so that their calling convention never depends on whether AVX is
+// on; where it is off (the baseline clone) the compiler splits each into two
+// SSE operations.
+using f32x8 = float __attribute__((vector_size(32)));
+using f32x8_unaligned = float __attribute__((vector_size(32), aligned(4), may_alias));
+
+// Writes v's 8 floats to p (16-byte aligned) with non-temporal stores where
+// the CPU has them (x86's SSE): write-combined lines go to memory without
+// being read into the cache first, as memcpy's stores of large copies do.
+// Needs _mm_sfence() before the data is handed to another thread.
+inline void store_streaming(float* p, const f32x8& v) noexcept {
+#if defined(__SSE__)
+  f32x4 half[2];
+  std::memcpy(half, &v, sizeof half);
+  _mm_stream_ps(p, half[0]);
+  _mm_stream_ps(p + 4, half[1]);
+#else
+  std::memcpy(p, &v, sizeof v);
+#endif
+}
+
+// One row summed over its shards: dst[k] = sum of w[i * w_stride] *
+// src[i][k], 32 floats (two cache lines of each shard) per step in four
+// vector accumulators. N is the shard count when fixed at compile time (0:
+// n, at run time): the shard loop is then unrolled with the weights and
+// sources in registers, so that the loop issues little but the loads and the
+// core keeps more of them in flight (the merge waits on memory, not on
+// arithmetic). Stream: dst is 16-byte aligned and d a multiple of 4, and is
+// written by store_streaming.
+template <std::size_t N, bool Stream>
+inline void sum_row(std::size_t n, std::size_t d, const float* w, std::size_t w_stride, const float* const* src,
+                    float* dst) noexcept {
+  constexpr std::size_t lanes = 8, tile = 4 * lanes;
+  const std::size_t shards = N != 0 ? N : n;
+  float wl[N != 0 ? N : 1];
+  const float* sl[N != 0 ? N : 1];
+  for (std::size_t i = 0; i < (N != 0 ? N : 0); ++i) {
+    wl[i] = w[i * w_stride];
+    sl[i] = src[i];
   }
-  float sum = 0.0f;
-  for (std::int32_t i = 0; i < n; ++i) {
-    w[i] = std::isfinite(w[i]) ? std::exp(w[i] - m) : 0.0f;
-    sum += w[i];
+  const float* const wp = N != 0 ? wl : w;
+  const std::size_t ws = N != 0 ? 1 : w_stride;
+  const float* const* const sp = N != 0 ? sl : src;
+  std::size_t k0 = 0;
+  for (; k0 + tile <= d; k0 += tile) {
+    f32x8 acc[4] = {};
+    for (std::size_t i = 0; i < shards; ++i) {
+      const float wi = wp[i * ws];
+      const auto* o = reinterpret_cast<const f32x8_unaligned*>(sp[i] + k0);
+      for (std::size_t v = 0; v < 4; ++v) acc[v] += wi * o[v];
+    }
+    for (std::size_t v = 0; v < 4; ++v) {
+      if constexpr (Stream) {
+        store_streaming(dst + k0 + v * lanes, acc[v]);
+      } else {
+        *reinterpret_cast<f32x8_unaligned*>(dst + k0 + v * lanes) = acc[v];
+      }
+    }
   }
-  const float inv = 1.0f / sum;
-  for (std::int32_t i = 0; i < n; ++i) w[i] *= inv;
-  return m + std::log(sum);
+  for (; k0 < d; ++k0) {
+    float x = 0.0f;
+    for (std::size_t i = 0; i < shards; ++i) x += wp[i * ws] * sp[i][k0];
+    dst[k0] = x;
+  }
 }
 
 }  // namespace
 
-// Two phases per block of rows: the weights of every (row, shard), then the
-// rows summed over all shards in register tiles, each shard's values read
-// once and the output written once. A shard of weight 0 (empty, or
-// negligible) is read from a row of zeros instead of its own values, which
-// may be anything (NaN, inf): the sum is then the same for every row, with
-// no branch or shard count that varies inside it.
+// Two phases per block of 256 rows: the weights of every (row, shard), four
+// rows at a time in vector registers (8 exps per row by a polynomial, not a
+// library call each), then the rows summed over all shards in register
+// tiles, each shard's values read once and the output written once. A shard
+// of weight 0 (empty, or negligible) is read from a row of zeros instead of
+// its own values, which may be anything (NaN, inf): the sum is then the same
+// for every row, with no branch or shard count that varies inside it. An f32
+// output of more than stream_threshold bytes is written with non-temporal
+// stores: it cannot stay in the cache for its reader anyway, and ordinary
+// stores would first read every line of it from memory (a tenth more
+// traffic with 8 shards).
 //
-// Built twice, for AVX2 and for the baseline, and chosen at load time by the
-// CPU (GCC's target_clones): the sums must keep up with memcpy's wide loads.
-// Not under the sanitizers: the clones' resolver runs while the program is
-// relocated, before a sanitizer's runtime is up, and ThreadSanitizer's
-// instrumented resolver crashes there (every test of the engine with it).
+// Built twice, for x86-64-v3 (AVX2 and FMA) and for the baseline, and chosen
+// at load time by the CPU (GCC's target_clones): the sums must keep up with
+// memcpy's wide loads. Not under the sanitizers: the clones' resolver runs
+// while the program is relocated, before a sanitizer's runtime is up, and
+// ThreadSanitizer's instrumented resolver crashes there (every test of the
+// engine with it).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
     !defined(__SANITIZE_THREAD__)
-__attribute__((target_clones("avx2", "default")))
+__attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 void lse_merge(const lse_merge_args& a) {
   const std::size_t d = static_cast<std::size_t>(a.head_dim);
   const std::size_t n = static_cast<std::size_t>(a.num_shards);
-  constexpr std::int64_t block = 64;
-  thread_local std::vector<float> weights;         // [block][shards]
-  thread_local std::vector<const float*> sources;  // [block][shards]
+  // Rows per block, a multiple of 4. Longer blocks measured faster than 64
+  // (the LSE reads of a block come in longer runs, the sums pause less often).
+  constexpr std::int64_t block = 256;
+  // A core's share of a large last-level cache: above it the output is
+  // streamed (glibc's memcpy streams its stores above a similar size).
+  constexpr std::size_t stream_threshold = std::size_t{4} << 20;
+  thread_local std::vector<float> weights;         // [shards][block]: LSEs, then weights
+  thread_local std::vector<const float*> sources;  // [shards]
   thread_local std::vector<float> zeros;
   thread_local std::vector<float> row;  // for outputs other than f32
   weights.resize(static_cast<std::size_t>(block) * n);
-  sources.resize(static_cast<std::size_t>(block) * n);
+  sources.resize(n);
   zeros.assign(d, 0.0f);
   row.resize(d);
   const bool f32 = a.out_type == data_type::f32;
+#if defined(__SSE__)
+  const bool stream = f32 && reinterpret_cast<std::uintptr_t>(a.out) % 16 == 0 && d % 4 == 0 &&
+                      static_cast<std::size_t>(a.rows) * d * sizeof(float) > stream_threshold;
+#else
+  constexpr bool stream = false;
+#endif
   for (std::int64_t r0 = 0; r0 < a.rows; r0 += block) {
     const std::int64_t rows = std::min(block, a.rows - r0);
+    for (std::size_t i = 0; i < n; ++i) {
+      const float* l = a.shard_lse + static_cast<std::int64_t>(i) * a.shard_lse_stride + r0;
+      float* w = weights.data() + i * block;
+      for (std::int64_t j = 0; j < rows; ++j) w[j] = l[j] * a.lse_in_scale;
+      std::fill(w + rows, w + (rows + 3) / 4 * 4, neg_inf);
+    }
+    block_weights(weights.data(), block, n, rows, a, r0);
     for (std::int64_t j = 0; j < rows; ++j) {
       const std::int64_t r = r0 + j;
-      float* w = weights.data() + static_cast<std::size_t>(j) * n;
-      const float** src = sources.data() + static_cast<std::size_t>(j) * n;
-      const float lse = row_weights(a, r, w);
-      if (a.out_lse != nullptr) a.out_lse[r] = lse == neg_inf ? neg_inf : lse * a.lse_out_scale;
+      const float* w = weights.data() + j;  // shard i's weight at w[i * block]
       for (std::size_t i = 0; i < n; ++i) {
-        src[i] = w[i] != 0.0f ? a.shard_out + static_cast<std::int64_t>(i) * a.shard_out_stride +
-                                    r * static_cast<std::int64_t>(d)
-                              : zeros.data();
+        sources[i] = w[i * block] != 0.0f ? a.shard_out + static_cast<std::int64_t>(i) * a.shard_out_stride +
+                                                r * static_cast<std::int64_t>(d)
+                                          : zeros.data();
       }
-    }
-    for (std::int64_t j = 0; j < rows; ++j) {
-      const float* w = weights.data() + static_cast<std::size_t>(j) * n;
-      const float* const* src = sources.data() + static_cast<std::size_t>(j) * n;
-      float* dst = f32 ? static_cast<float*>(a.out) + static_cast<std::size_t>(r0 + j) * d : row.data();
-      constexpr std::size_t tile = 16;
-      std::size_t k0 = 0;
-      for (; k0 + tile <= d; k0 += tile) {
-        float acc[tile] = {};
-        for (std::size_t i = 0; i < n; ++i) {
-          const float wi = w[i];
-          const float* o = src[i] + k0;
-          for (std::size_t k = 0; k < tile; ++k) acc[k] += wi * o[k];
+      float* dst = f32 ? static_cast<float*>(a.out) + static_cast<std::size_t>(r) * d : row.data();
+      const float* const* src = sources.data();
+      if (stream) {
+        switch (n) {
+          case 2: sum_row<2, true>(n, d, w, block, src, dst); break;
+          case 4: sum_row<4, true>(n, d, w, block, src, dst); break;
+          case 8: sum_row<8, true>(n, d, w, block, src, dst); break;
+          default: sum_row<0, true>(n, d, w, block, src, dst); break;
         }
-        for (std::size_t k = 0; k < tile; ++k) dst[k0 + k] = acc[k];
+      } else {
+        switch (n) {
+          case 2: sum_row<2, false>(n, d, w, block, src, dst); break;
+          case 4: sum_row<4, false>(n, d, w, block, src, dst); break;
+          case 8: sum_row<8, false>(n, d, w, block, src, dst); break;
+          default: sum_row<0, false>(n, d, w, block, src, dst); break;
+        }
       }
-      for (; k0 < d; ++k0) {
-        float x = 0.0f;
-        for (std::size_t i = 0; i < n; ++i) x += w[i] * src[i][k0];
-        dst[k0] = x;
-      }
-      if (!f32) store_row(a.out, static_cast<std::size_t>(r0 + j) * d, dst, d, a.out_type);
+      if (!f32) store_row(a.out, static_cast<std::size_t>(r) * d, dst, d, a.out_type);
     }
   }
+#if defined(__SSE__)
+  // The streamed lines must reach memory before the caller (or the stream's
+  // next waiter, on another thread) reads the output.
+  if (stream) _mm_sfence();
+#endif
 }
 
 void lse_correct(const lse_correct_args& a) {

@@ -99,6 +99,33 @@ TEST_CASE("merge_lse agrees with a float64 reference for 1 to 10 shards with emp
   }
 }
 
+TEST_CASE("merge_lse over many blocks with an output past the streaming size agrees with the reference",
+          "[engine][attention][lse]") {
+  // 8003 rows of 132: more than 4 MiB of output (written with non-temporal
+  // stores), many blocks of rows, a last group of fewer than 4 rows and a
+  // head dim that leaves a tail after the 32-float tiles; 3 shards take the
+  // run-time shard count, 8 the unrolled one.
+  std::mt19937 rng(4242);
+  for (std::int32_t n : {3, 8}) {
+    const shards s = random_shards(rng, n, 8003, 132, 0.2);
+    std::vector<double> want_out, want_lse;
+    reference(s, want_out, want_lse);
+    std::vector<float> out(want_out.size(), qnan), lse(want_lse.size(), qnan);
+    merge_lse({s.out, s.lse, lse_base::e, n, s.rows, s.d}, out, lse, lse_base::e);
+    INFO("shards " << n);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      REQUIRE(std::abs(out[i] - want_out[i]) <= 1e-5 * std::max(1.0, std::abs(want_out[i])));
+    }
+    for (std::size_t r = 0; r < lse.size(); ++r) {
+      if (std::isinf(want_lse[r])) {
+        REQUIRE(lse[r] == -inf);
+      } else {
+        REQUIRE(std::abs(lse[r] - want_lse[r]) <= 1e-5 * std::max(1.0, std::abs(want_lse[r])));
+      }
+    }
+  }
+}
+
 TEST_CASE("merge_lse: -inf, +inf and NaN shards add nothing; all empty gives 0 and -inf", "[engine][attention][lse]") {
   const std::int32_t d = 4;
   // Row 0: one real shard among -inf, +inf and NaN ones. Row 1: all empty.
