@@ -53,12 +53,9 @@ device_buffer allocate(device& d, std::size_t bytes, std::error_code& ec) noexce
       return {};
     }
     try {
-      // host::buffer comes from new[], aligned for any scalar type; 256-byte
-      // alignment is asked for by over-allocating and aligning inside.
-      constexpr std::size_t align = 256;
-      host::buffer b = h->allocate(bytes + align);
-      auto address = reinterpret_cast<std::uintptr_t>(b.data());
-      void* aligned = b.data() + ((align - address % align) % align);
+      // host::buffer memory is aligned to 256 bytes, as allocate() promises.
+      host::buffer b = h->allocate(bytes);
+      void* aligned = b.data();
       return device_buffer(std::make_unique<host_memory>(std::move(b)), aligned, bytes, backend_kind::host);
     } catch (const std::system_error& e) {
       ec = e.code();

@@ -1,11 +1,14 @@
 // Host backend: buffers counted against their device's memory budget.
 #include "host_buffer.hpp"
 
+#include <cstdlib>
 #include <utility>
 
 namespace cobatch::gpu::host {
 
-buffer::buffer(std::unique_ptr<std::byte[]> data, std::size_t size, std::shared_ptr<accounting> owner) noexcept
+void buffer::free_bytes::operator()(std::byte* p) const noexcept { std::free(p); }
+
+buffer::buffer(std::unique_ptr<std::byte, free_bytes> data, std::size_t size, std::shared_ptr<accounting> owner) noexcept
     : data_(std::move(data)), size_(size), owner_(std::move(owner)) {}
 buffer::buffer(buffer&& other) noexcept
     : data_(std::move(other.data_)), size_(std::exchange(other.size_, 0)), owner_(std::move(other.owner_)) {}
