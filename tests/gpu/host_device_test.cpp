@@ -3,6 +3,7 @@
 #include "cobatch/coro/run_loop.hpp"
 #include "cobatch/coro/sync_wait.hpp"
 #include "cobatch/coro/use_task.hpp"
+#include "cobatch/gpu/device_memory.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/stream_pool.hpp"
 #include "host_fixture.hpp"
@@ -12,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -107,6 +109,27 @@ TEST_CASE("host device memory is budgeted", "[gpu][host][memory]") {
     CHECK_THROWS_AS(dev.allocate(500), std::system_error);
   }
   CHECK(dev.memory().in_use == 0);
+}
+
+TEST_CASE("host device buffers are zeroed, 256-byte aligned, 2 MiB-aligned from 16 MiB", "[gpu][host][memory]") {
+  coro::run_loop loop;
+  coro::completion_reactor reactor(loop.get_executor());
+  gpu::host::host_device dev(reactor, {.name = "large", .ordinal = 0, .memory_budget = std::size_t{64} << 20});
+  const std::size_t big = (std::size_t{16} << 20) + 100;  // not a whole number of 2 MiB pages
+  for (std::size_t bytes : {std::size_t{1}, std::size_t{4097}, big}) {
+    auto b = dev.allocate(bytes);
+    const auto address = reinterpret_cast<std::uintptr_t>(b.data());
+    INFO(bytes << " bytes at " << address);
+    CHECK(address % 256 == 0);
+    if (bytes == big) CHECK(address % (std::size_t{2} << 20) == 0);
+    CHECK(dev.memory().in_use == bytes);  // the budget counts what was asked for
+    CHECK(b.data()[0] == std::byte{0});
+    CHECK(b.data()[bytes - 1] == std::byte{0});
+  }
+  CHECK(dev.memory().in_use == 0);
+  auto typed = gpu::typed_buffer<float>(dev, 3);
+  CHECK(reinterpret_cast<std::uintptr_t>(typed.data()) % 256 == 0);
+  CHECK(dev.memory().in_use == 3 * sizeof(float));
 }
 
 TEST_CASE("stream pools hand out compute and communication streams", "[gpu][host][pool]") {
