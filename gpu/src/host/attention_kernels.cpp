@@ -340,7 +340,7 @@ __attribute__((always_inline)) inline void block_weights(float* w, std::size_t b
     f32x4 sum = zero;
     for (std::size_t i = 0; i < n; ++i) {
       float* p = w + i * block + static_cast<std::size_t>(j);
-      const f32x4 x = load4(p) - m;  // NaN where the LSE is not finite
+      const f32x4 x = load4(p) - m;  // not finite where the LSE is not
       const i32x4 keep = finite4(x) & (x >= -87.0f);
       const f32x4 e = select(keep, exp_nonpositive(select(keep, x, zero)), zero);
       sum += e;
