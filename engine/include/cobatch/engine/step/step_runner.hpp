@@ -2,12 +2,15 @@
 //
 // A step, as the device sees it, on the compute stream:
 //
-//   [start mark] [copy-in: staged inputs -> persistent buffers, zero padding,
-//   token references resolved from the previous step's outputs]
+//   [start mark] [copy-in: one host->device copy of the inputs staged in
+//   pinned host memory into the persistent buffers (device memory), padding
+//   zeroed; a kernel resolving token references from the previous step's
+//   sampled tokens, on the device]
 //   micro-batch 0 and 1, interleaved by ubatch_scheduler: per graph stage a
 //   replay (captured on first use) or eager work, eager stages (attention),
 //   and collectives on the communication stream between switch points
-//   [copy-out: sampled tokens (and logits) -> the step's host slot] [end mark]
+//   [copy-out: device->host copies of the sampled tokens (and logits) into
+//   the step's pinned host slot] [end mark]
 //
 // launch() returns once all of that is enqueued, without waiting for the
 // device; collect() waits for the step's outputs. A serving loop launches
