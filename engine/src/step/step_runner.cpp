@@ -59,7 +59,6 @@ struct step_runner::ring_entry {
   std::int32_t num_reqs = 0;
   std::int32_t num_ubatches = 0;
   std::vector<std::int32_t> run_tokens;  // per micro-batch
-  std::size_t copy_bytes = 0;                // of `staging`, from its start
   // The step's inputs, laid out as the device's blocks (input_layout), and
   // its outputs as they come back: host memory the device copies from and to.
   gpu::pinned_buffer staging;
@@ -302,7 +301,6 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
   e.step = plan.step;
   e.num_reqs = plan.num_reqs();
   e.num_ubatches = n;
-  e.copy_bytes = written;
   for (auto& p : e.progress) p.store(0, std::memory_order_relaxed);
 
   gpu::stream_ref compute = scheduler_->compute_stream(0);
