@@ -1,6 +1,6 @@
 // The CUDA backend's side of device_memory.hpp, copy.hpp and the attention
-// kernels' entry points: allocation, copies and fills on a stream, and the
-// launches (each takes a ticket on the stream, so a refused launch fails the
+// and resolve_refs kernels' entry points: allocation (device and pinned
+// host), copies and fills on a stream, and the launches (each takes a ticket on the stream, so a refused launch fails the
 // fences made after it).
 #include "cuda_kernels.hpp"
 
