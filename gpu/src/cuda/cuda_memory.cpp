@@ -1,7 +1,7 @@
 // The CUDA backend's side of device_memory.hpp, copy.hpp and the attention
 // and resolve_refs kernels' entry points: allocation (device and pinned
-// host), copies and fills on a stream, and the launches (each takes a ticket on the stream, so a refused launch fails the
-// fences made after it).
+// host), copies and fills on a stream, and the launches (each takes a ticket
+// on the stream, so a refused launch fails the fences made after it).
 #include "cuda_kernels.hpp"
 
 #include "attention_launch.hpp"
