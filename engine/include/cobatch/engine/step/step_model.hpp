@@ -1,10 +1,12 @@
 // step_model: what the step runner needs from a model, and the buffers
 // through which it hands the model each micro-batch's inputs.
 //
-// The runner owns one set of persistent buffers per micro-batch slot (the
-// addresses never change, so graphs captured over them replay with new
-// contents) and copies each step's inputs into them on the stream. The model
-// reads them when its work runs, not when it is enqueued: sizes that change
+// The runner owns one set of persistent buffers per micro-batch slot, in the
+// memory of the runner's gpu::device (device memory on CUDA, plain host
+// memory on the host backend; the addresses never change, so graphs captured
+// over them replay with new contents) and copies each step's inputs into them
+// on the stream. The model reads them on the device when its work runs, not
+// on the host when it is enqueued: sizes that change
 // from step to step (real tokens, requests) come from io.counts, so one
 // captured graph serves every step padded to the same rung.
 //
@@ -28,7 +30,9 @@
 
 namespace cobatch::engine {
 
-/// One micro-batch slot's persistent buffers. Input rows past counts[0]
+/// One micro-batch slot's persistent buffers: memory of the runner's device
+/// (dereference them in the model's device work only; on the host backend
+/// that is a host function on the stream). Input rows past counts[0]
 /// (padding) hold token 0 at position 0 and belong to no request.
 struct ubatch_io {
   std::int32_t slot = 0;
