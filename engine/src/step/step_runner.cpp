@@ -23,7 +23,7 @@ std::span<const std::byte> cbytes_of(const std::vector<T>& v) {
 
 // One micro-batch slot's persistent buffers: sized once, never moved.
 struct step_runner::slot_buffers {
-  std::vector<std::int32_t> token_src, token_ids, positions, query_start_loc, seq_lens, block_indptr, block_indices, req_slots,
+  std::vector<std::int32_t> token_src, token_ids, positions, query_start_loc, seq_lens, block_begin, block_end, req_slots,
       sample_rows, sample_index, counts, dcp;
   std::vector<float> temperature, top_p;
   std::vector<std::uint64_t> seed;
@@ -34,7 +34,7 @@ struct step_runner::slot_buffers {
 
 // One micro-batch's inputs of one step, staged on the host.
 struct step_runner::staging {
-  std::vector<std::int32_t> token_src, positions, query_start_loc, seq_lens, block_indptr, block_indices, req_slots, sample_rows,
+  std::vector<std::int32_t> token_src, positions, query_start_loc, seq_lens, block_begin, block_end, req_slots, sample_rows,
       sample_index, counts, dcp;
   std::vector<float> temperature, top_p;
   std::vector<std::uint64_t> seed;
@@ -52,6 +52,9 @@ struct step_runner::ring_entry {
   std::vector<staging> stages;
   std::vector<std::int32_t> sampled;
   std::vector<float> logits;
+  // The block table entries the step writes: ranges, and their values in order.
+  std::vector<block_range> table_writes;
+  std::vector<std::int32_t> table_values;
   // Written on the stream's thread before the event's record; read after
   // awaiting it.
   std::chrono::steady_clock::time_point begin{}, end{};
@@ -91,8 +94,8 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
     b->positions.assign(cap_t, 0);
     b->query_start_loc.assign(cap_r + 1, 0);
     b->seq_lens.assign(cap_r, 0);
-    b->block_indptr.assign(cap_r + 1, 0);
-    b->block_indices.assign(static_cast<std::size_t>(o.max_pages), -1);
+    b->block_begin.assign(cap_r, 0);
+    b->block_end.assign(cap_r, 0);
     b->req_slots.assign(cap_r, 0);
     b->sample_rows.assign(cap_r, -1);
     b->sample_index.assign(cap_r, 0);
@@ -107,8 +110,8 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
     b->ids[k++] = inputs_.add(p + "positions", bytes_of(b->positions));
     b->ids[k++] = inputs_.add(p + "query_start_loc", bytes_of(b->query_start_loc));
     b->ids[k++] = inputs_.add(p + "seq_lens", bytes_of(b->seq_lens));
-    b->ids[k++] = inputs_.add(p + "block_indptr", bytes_of(b->block_indptr));
-    b->ids[k++] = inputs_.add(p + "block_indices", bytes_of(b->block_indices));
+    b->ids[k++] = inputs_.add(p + "block_begin", bytes_of(b->block_begin));
+    b->ids[k++] = inputs_.add(p + "block_end", bytes_of(b->block_end));
     b->ids[k++] = inputs_.add(p + "req_slots", bytes_of(b->req_slots));
     b->ids[k++] = inputs_.add(p + "sample_rows", bytes_of(b->sample_rows));
     b->ids[k++] = inputs_.add(p + "sample_index", bytes_of(b->sample_index));
@@ -121,6 +124,8 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
     slots_.push_back(std::move(b));
     caches_.emplace_back(o.graphs);
   }
+  table_.assign(static_cast<std::size_t>(o.max_pages), -1);
+  inputs_.add("block_table", bytes_of(table_));  // not copied in whole: registered so graphs check its address
   sampled_.assign(cap_r, 0);
   if (o.keep_logits) logits_.assign(cap_r * static_cast<std::size_t>(info.vocab_size), 0.0f);
   for (std::int32_t u = 0; u < o.max_ubatches; ++u) {
@@ -134,8 +139,9 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
                      b.positions.data(),
                      b.query_start_loc.data(),
                      b.seq_lens.data(),
-                     b.block_indptr.data(),
-                     b.block_indices.data(),
+                     b.block_begin.data(),
+                     b.block_end.data(),
+                     table_.data(),
                      b.req_slots.data(),
                      b.sample_rows.data(),
                      b.sample_index.data(),
@@ -194,15 +200,19 @@ void step_runner::stage(const step_plan& plan, std::int32_t u, staging& st) cons
   st.positions.assign(pb, pb + st.real_tokens);
   st.query_start_loc.assign(b.query_start_loc.begin(), b.query_start_loc.end());
   st.seq_lens.assign(b.seq_lens.begin(), b.seq_lens.end());
-  const std::int32_t first_page = plan.block_indptr[static_cast<std::size_t>(b.req_begin)];
-  const std::int32_t end_page = plan.block_indptr[static_cast<std::size_t>(b.req_end)];
-  if (end_page - first_page > options_.max_pages)
-    throw_engine_error(errc::no_capacity, detail::cat("step_runner: micro-batch ", u, " of step ", plan.step, " lists ",
-                                                      end_page - first_page, " pages; the buffers hold ", options_.max_pages));
-  st.block_indices.assign(plan.block_indices.begin() + first_page, plan.block_indices.begin() + end_page);
-  st.block_indptr.clear();
-  for (std::int32_t j = b.req_begin; j <= b.req_end; ++j)
-    st.block_indptr.push_back(plan.block_indptr[static_cast<std::size_t>(j)] - first_page);
+  // Rows of the shared table, not their pages: O(requests) per step.
+  const auto rb = plan.block_begin.begin() + b.req_begin;
+  const auto re = plan.block_end.begin() + b.req_begin;
+  st.block_begin.assign(rb, rb + b.num_reqs());
+  st.block_end.assign(re, re + b.num_reqs());
+  const auto table_size = static_cast<std::int32_t>(plan.block_table.size());
+  for (std::size_t j = 0; j < st.block_begin.size(); ++j) {
+    if (st.block_begin[j] < 0 || st.block_begin[j] > st.block_end[j] || st.block_end[j] > table_size)
+      throw_engine_error(errc::invalid_argument,
+                         detail::cat("step_runner: step ", plan.step, " request ", b.req_begin + static_cast<std::int32_t>(j),
+                                     "'s row [", st.block_begin[j], ", ", st.block_end[j], ") is not in its block table of ",
+                                     table_size, " entries"));
+  }
   st.req_slots.clear();
   st.sample_rows.clear();
   st.sample_index.clear();
@@ -231,8 +241,8 @@ void step_runner::stage(const step_plan& plan, std::int32_t u, staging& st) cons
   add(cbytes_of(st.positions), run_bytes);
   add(cbytes_of(st.query_start_loc), st.query_start_loc.size() * sizeof(std::int32_t));
   add(cbytes_of(st.seq_lens), st.seq_lens.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.block_indptr), st.block_indptr.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.block_indices), st.block_indices.size() * sizeof(std::int32_t));
+  add(cbytes_of(st.block_begin), st.block_begin.size() * sizeof(std::int32_t));
+  add(cbytes_of(st.block_end), st.block_end.size() * sizeof(std::int32_t));
   add(cbytes_of(st.req_slots), st.req_slots.size() * sizeof(std::int32_t));
   add(cbytes_of(st.sample_rows), st.sample_rows.size() * sizeof(std::int32_t));
   add(cbytes_of(st.sample_index), st.sample_index.size() * sizeof(std::int32_t));
@@ -242,6 +252,31 @@ void step_runner::stage(const step_plan& plan, std::int32_t u, staging& st) cons
   add(cbytes_of(st.top_p), st.top_p.size() * sizeof(float));
   add(cbytes_of(st.seed), st.seed.size() * sizeof(std::uint64_t));
   inputs_.plan_copy_in(st.inputs, st.copy);
+}
+
+void step_runner::stage_table(const step_plan& plan, ring_entry& e) const {
+  const std::size_t size = plan.block_table.size();
+  if (size > table_.size())
+    throw_engine_error(errc::no_capacity, detail::cat("step_runner: step ", plan.step, "'s block table has ", size,
+                                                      " entries; the buffer holds ", table_.size()));
+  e.table_writes.clear();
+  e.table_values.clear();
+  if (plan.block_base != 0 && plan.block_base == table_step_) {
+    // The copy holds step block_base's table (or will, once the stream gets
+    // there): only the entries written since then travel.
+    for (const block_range& w : plan.block_writes) {
+      if (w.offset < 0 || w.count < 0 || static_cast<std::size_t>(w.offset) + static_cast<std::size_t>(w.count) > size)
+        throw_engine_error(errc::invalid_argument,
+                           detail::cat("step_runner: step ", plan.step, " writes block table entries [", w.offset, ", +",
+                                       w.count, ") outside its ", size, " entries"));
+      const auto from = plan.block_table.begin() + w.offset;
+      e.table_writes.push_back(w);
+      e.table_values.insert(e.table_values.end(), from, from + w.count);
+    }
+  } else if (size > 0) {
+    e.table_writes.push_back({0, static_cast<std::int32_t>(size)});
+    e.table_values.assign(plan.block_table.begin(), plan.block_table.end());
+  }
 }
 
 coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
@@ -261,8 +296,13 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
     throw_engine_error(errc::invalid_argument, detail::cat("step_runner::launch: step ", e.step,
                                                            " is not collected yet; at most ", options_.ring,
                                                            " steps can be in flight"));
+  if (plan.block_begin.size() != plan.requests.size() || plan.block_end.size() != plan.requests.size())
+    throw_engine_error(errc::length_mismatch,
+                       detail::cat("step_runner::launch: step ", plan.step, " has ", plan.num_reqs(), " requests, ",
+                                   plan.block_begin.size(), " block_begin and ", plan.block_end.size(), " block_end"));
   const std::int32_t n = plan.ubatches.size();
   for (std::int32_t u = 0; u < n; ++u) stage(plan, u, e.stages[static_cast<std::size_t>(u)]);
+  stage_table(plan, e);
   ++launched_;
   e.in_use = true;
   e.step = plan.step;
@@ -277,6 +317,11 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
   // the token references resolved from the previous step's outputs, which
   // the stream has produced by now whatever the host knows.
   compute.enqueue([this, ep] {
+    const std::int32_t* values = ep->table_values.data();
+    for (const block_range& w : ep->table_writes) {
+      std::copy_n(values, w.count, table_.data() + w.offset);
+      values += w.count;
+    }
     for (std::int32_t u = 0; u < ep->num_ubatches; ++u) {
       const staging& st = ep->stages[static_cast<std::size_t>(u)];
       execute_on_host(st.copy);
@@ -287,6 +332,7 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
       }
     }
   });
+  table_step_ = plan.step;
   for (std::int32_t u = 0; u < n; ++u) model_->plan(plan, u, plan.ubatches[u], slots_[static_cast<std::size_t>(u)]->io, compute);
 
   try {
@@ -350,6 +396,7 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
   } catch (...) {
     e.in_use = false;
     ++stats_.failures;
+    table_step_ = 0;  // whether the copy-in ran is unknown: the next launch copies the table whole
     throw;
   }
   // Copy-out: the sampled tokens (and logits) to the step's host slot.
@@ -419,6 +466,7 @@ coro::task<void> step_runner::recover() {
     }
   }
   for (auto& e : ring_) e->in_use = false;
+  table_step_ = 0;  // a failed stream may have skipped a copy-in
   make_streams();
 }
 

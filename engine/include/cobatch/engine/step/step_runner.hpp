@@ -48,7 +48,9 @@ class timeline;
 struct runner_options {
   std::int32_t max_tokens = 2048;   ///< tokens per micro-batch (buffer rows), >= the ladder's top rung
   std::int32_t max_reqs = 256;      ///< requests per step
-  std::int32_t max_pages = 0;       ///< KV page ids one micro-batch may list (the pool's pages)
+  /// Entries of the block table the steps' plans keep
+  /// (block_table::capacity_for(pages, running requests) for a step_planner's).
+  std::int32_t max_pages = 0;
   std::int32_t max_ubatches = 2;
   /// Copy each sampled row's logits back too (tests compare them).
   bool keep_logits = false;
@@ -145,6 +147,7 @@ class step_runner {
   struct staging;
   struct ring_entry;
   void stage(const step_plan& plan, std::int32_t u, staging& st) const;
+  void stage_table(const step_plan& plan, ring_entry& e) const;
   void make_streams();
 
   asio::any_io_executor executor_;
@@ -161,6 +164,12 @@ class step_runner {
   std::vector<graph_cache<segment_graphs>> caches_;
   std::vector<std::int32_t> sampled_;  // the device's step outputs, by step slot
   std::vector<float> logits_;
+  // The device-side copy of the plans' block table, shared by the slots:
+  // each launch stages the entries its plan wrote since table_step_'s, and
+  // the copy-in applies them on the stream (after the steps that read the
+  // old contents).
+  std::vector<std::int32_t> table_;
+  std::uint64_t table_step_ = 0;  // the step whose table the copy holds once the stream gets there; 0: none
   std::vector<std::unique_ptr<ring_entry>> ring_;
   std::uint64_t launched_ = 0;
   runner_stats stats_;
