@@ -8,28 +8,14 @@
 
 namespace cobatch::engine {
 
-namespace {
-// The least room a row is given: a short prompt's row then grows a few
-// times in place before its first move.
-constexpr std::int32_t min_room = 4;
-}  // namespace
-
-std::int64_t block_table::capacity_for(std::int32_t num_pages, std::int32_t max_rows) noexcept {
-  // Live rows take at most 2 x pages + min_room per row (see the header);
-  // twice that leaves half free after a compaction.
-  return 2 * (2 * static_cast<std::int64_t>(num_pages) + static_cast<std::int64_t>(max_rows) * min_room);
-}
-
-block_table::block_table(std::int32_t num_pages, std::int32_t max_rows) : num_pages_(num_pages), max_rows_(max_rows) {
-  if (num_pages < 1 || max_rows < 1)
-    throw_engine_error(errc::invalid_argument,
-                       detail::cat("block_table: num_pages=", num_pages, " and max_rows=", max_rows, " must be >= 1"));
-  const std::int64_t capacity = capacity_for(num_pages, max_rows);
+block_table::block_table(std::int32_t num_pages) : num_pages_(num_pages) {
+  if (num_pages < 1)
+    throw_engine_error(errc::invalid_argument, detail::cat("block_table: num_pages=", num_pages, " < 1"));
+  const std::int64_t capacity = capacity_for(num_pages);
   if (capacity > std::numeric_limits<std::int32_t>::max())
-    throw_engine_error(errc::overflow, detail::cat("block_table: ", capacity, " entries for ", num_pages, " pages and ",
-                                                   max_rows, " rows exceed int32 offsets"));
+    throw_engine_error(errc::overflow,
+                       detail::cat("block_table: ", capacity, " entries for ", num_pages, " pages exceed int32 offsets"));
   entries_.assign(static_cast<std::size_t>(capacity), -1);
-  rows_.reserve(static_cast<std::size_t>(max_rows));
 }
 
 void block_table::log(std::int32_t offset, std::int32_t count) {
@@ -39,8 +25,8 @@ void block_table::log(std::int32_t offset, std::int32_t count) {
 std::int32_t block_table::place(std::int32_t room) {
   if (room > capacity() - end_) {
     compact();
-    // Live rows take at most half the capacity and no row more than
-    // 2 x num_pages + min_room, which the other half holds.
+    // Live rows take at most half the capacity (twice the pages they hold)
+    // and no row more than 2 x num_pages, which the other half holds.
     if (room > capacity() - end_)
       throw_engine_error(errc::no_capacity, detail::cat("block_table: a row of ", room, " entries does not fit the ",
                                                         capacity() - end_, " free after compaction"));
@@ -54,18 +40,15 @@ void block_table::append(std::uint32_t r, std::span<const std::int32_t> pages) {
   if (pages.empty()) return;
   const auto n = static_cast<std::int32_t>(pages.size());
   if (r >= rows_.size()) rows_.resize(static_cast<std::size_t>(r) + 1);
-  const bool new_row = rows_[r].room == 0;
-  if (n > num_pages_ - held_pages_ || (new_row && held_rows_ >= max_rows_))
-    throw_engine_error(errc::no_capacity,
-                       detail::cat("block_table::append: row ", r, " asks for ", n, " pages; ", held_pages_, " of ",
-                                   num_pages_, " pages and ", held_rows_, " of ", max_rows_, " rows are held"));
-  if (new_row) ++held_rows_;
+  if (n > num_pages_ - held_pages_)
+    throw_engine_error(errc::no_capacity, detail::cat("block_table::append: row ", r, " asks for ", n, " pages; ",
+                                                      held_pages_, " of ", num_pages_, " are held"));
   held_pages_ += n;
   const std::int32_t count = rows_[r].count;
   if (count + n > rows_[r].room) {
     // Moves to the end with room to double; place() may compact, which
     // moves this row too, so its offset is read after.
-    const std::int32_t room = std::max(min_room, 2 * (count + n));
+    const std::int32_t room = 2 * (count + n);
     const std::int32_t at = place(room);
     row_info& x = rows_[r];
     if (count > 0)
@@ -86,7 +69,6 @@ void block_table::append(std::uint32_t r, std::span<const std::int32_t> pages) {
 void block_table::release(std::uint32_t r) noexcept {
   if (r >= rows_.size() || rows_[r].room == 0) return;
   held_pages_ -= rows_[r].count;
-  --held_rows_;
   rows_[r] = row_info{};
 }
 

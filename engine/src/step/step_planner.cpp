@@ -41,7 +41,7 @@ step_planner::step_planner(planner_options options, dispatch_router router)
     : options_((check_options(options), options)),
       router_(std::move(router)),
       pages_(options.num_pages),
-      table_(options.num_pages, options.max_running),
+      table_(options.num_pages),
       tokens_per_page_(static_cast<std::int64_t>(options.page_size) * options.dcp_world),
       timing_(options.timing) {
   new_pages_.reserve(static_cast<std::size_t>(options_.num_pages));

@@ -17,9 +17,10 @@
 // the end reaches the capacity, the live rows are compacted to the front
 // (one pass over the live entries, logged as one write; at least half the
 // capacity is free afterwards, so compactions are rare). The capacity,
-// capacity_for(num_pages, max_rows), holds twice the worst live footprint:
-// rows never hold more than the pool's pages together, and each row's room is
-// at most twice its pages (or the minimum row).
+// capacity_for(num_pages), holds twice the worst live footprint: rows never
+// hold more than the pool's pages together, and each row's room is at most
+// twice its pages (a row holds at least one; an empty row takes no room), so
+// it does not depend on how many requests hold pages at once.
 #pragma once
 
 #include <cstdint>
@@ -37,17 +38,18 @@ struct block_range {
 
 class block_table {
  public:
-  /// Entries a table needs for rows holding at most `num_pages` pages in all,
-  /// at most `max_rows` rows holding pages at once.
-  static std::int64_t capacity_for(std::int32_t num_pages, std::int32_t max_rows) noexcept;
+  /// Entries a table needs for rows holding at most `num_pages` pages in all.
+  static constexpr std::int64_t capacity_for(std::int32_t num_pages) noexcept {
+    return 4 * static_cast<std::int64_t>(num_pages);
+  }
 
-  /// Throws engine_error(invalid_argument) when num_pages or max_rows < 1,
-  /// or errc::overflow when the capacity exceeds int32 offsets.
-  block_table(std::int32_t num_pages, std::int32_t max_rows);
+  /// Throws engine_error(invalid_argument) when num_pages < 1, or
+  /// errc::overflow when the capacity exceeds int32 offsets.
+  explicit block_table(std::int32_t num_pages);
 
   /// Appends `pages` to row `row` (any index; rows are created on first use).
-  /// Throws engine_error(no_capacity) when the rows would hold more than
-  /// num_pages pages or more than max_rows rows would hold pages.
+  /// Throws engine_error(no_capacity), changing nothing, when the rows would
+  /// hold more than num_pages pages.
   void append(std::uint32_t row, std::span<const std::int32_t> pages);
   /// Empties row `row`; its entries are dead until the next compaction.
   void release(std::uint32_t row) noexcept;
@@ -79,14 +81,12 @@ class block_table {
   void log(std::int32_t offset, std::int32_t count);
 
   std::int32_t num_pages_;
-  std::int32_t max_rows_;
   std::vector<std::int32_t> entries_;
   std::vector<row_info> rows_;
   std::vector<block_range> writes_;
   std::vector<std::uint32_t> scratch_;
   std::int32_t end_ = 0;
   std::int32_t held_pages_ = 0;
-  std::int32_t held_rows_ = 0;
   std::uint64_t compactions_ = 0;
 };
 

@@ -49,7 +49,7 @@ struct runner_options {
   std::int32_t max_tokens = 2048;   ///< tokens per micro-batch (buffer rows), >= the ladder's top rung
   std::int32_t max_reqs = 256;      ///< requests per step
   /// Entries of the block table the steps' plans keep
-  /// (block_table::capacity_for(pages, running requests) for a step_planner's).
+  /// (block_table::capacity_for(pages) for a step_planner's).
   std::int32_t max_pages = 0;
   std::int32_t max_ubatches = 2;
   /// Copy each sampled row's logits back too (tests compare them).
