@@ -17,8 +17,13 @@
 - server_errors: answers that are neither 200 nor 503, plus socket errors,
   over every run above.
 
-Writes the figures as JSON for bench/summarize.py. Python 3 standard library
-and wrk only.
+Tokens per second are steady-state rates read from the server's own
+cobatch_generated_tokens_total counter while wrk keeps the clients busy (see
+tokens_per_second); wrk's count of completed answers is kept beside them.
+
+Writes the figures as JSON for bench/summarize.py. Needs wrk and the
+prometheus_client package (its parser reads /metrics; installed with pip
+when missing, as the server's end-to-end test does).
 """
 
 import argparse
@@ -32,8 +37,18 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def ensure_prometheus_client():
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        print("installing prometheus_client with pip", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "prometheus_client"],
+                       check=True, timeout=300)
 
 
 def start_server(binary, args):
@@ -78,20 +93,61 @@ def health_rps(port, seconds):
     return rps, errors, out
 
 
-def tokens_per_second(port, model, clients, seconds, max_tokens):
+def generated_tokens(port):
+    """The server's cobatch_generated_tokens_total counter, read from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "cobatch_generated_tokens_total":
+                return sample.value
+    raise SystemExit("server_bench: /metrics has no cobatch_generated_tokens_total")
+
+
+def tokens_per_second(port, model, clients, seconds, max_tokens, ramp=2.0):
+    """Generated tokens per second under `clients` closed-loop wrk clients.
+
+    Two figures. `tokens_per_s` is the steady rate: the server's generated-token
+    counter read `ramp` seconds after wrk starts and again just before it
+    stops. It counts tokens as the engine hands them over, so it does not
+    depend on where request boundaries fall in the window. `completed_tokens_per_s`
+    is what wrk's answers carried over its whole run: requests still running
+    when wrk stops count for nothing, and 64 clients that start together also
+    finish together, so that figure moves in steps of a whole wave of
+    requests (up to a fifth of the rate in a 10 s window).
+    """
     body = json.dumps({"model": model, "prompt": "Once upon a time",
                        "max_tokens": max_tokens, "temperature": 0})
     threads = min(2, clients)
-    out = wrk([f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "60s",
-               "-s", os.path.join(HERE, "completions.lua"), f"http://127.0.0.1:{port}/v1/completions"],
-              env={"COBATCH_BENCH_BODY": body}, timeout=seconds + 120)
+    proc = subprocess.Popen(["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "60s",
+                             "-s", os.path.join(HERE, "completions.lua"), f"http://127.0.0.1:{port}/v1/completions"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COBATCH_BENCH_BODY": body})
+    started = time.monotonic()
+    steady = None
+    try:
+        if seconds > ramp + 1.0:
+            time.sleep(ramp)
+            c0, t0 = generated_tokens(port), time.monotonic()
+            time.sleep(max(0.0, started + seconds - 0.5 - time.monotonic()))
+            c1, t1 = generated_tokens(port), time.monotonic()
+            steady = (c1 - c0) / (t1 - t0)
+        out, err = proc.communicate(timeout=seconds + 120)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise SystemExit(f"server_bench: wrk failed: {err}")
     m = re.search(r"COBATCH tokens=(\d+) errors=(\d+) overloaded=(\d+) socket_errors=(\d+) requests=(\d+) "
                   r"duration_us=(\d+)", out)
     if not m:
         raise SystemExit(f"server_bench: no COBATCH line from wrk:\n{out}")
     tokens, errors, overloaded, socket_errors, requests, duration_us = map(int, m.groups())
-    return {"tokens_per_s": tokens / (duration_us / 1e6), "errors": errors + socket_errors,
-            "overloaded": overloaded, "requests": requests}
+    completed = tokens / (duration_us / 1e6)
+    return {"tokens_per_s": steady if steady is not None else completed, "completed_tokens_per_s": completed,
+            "errors": errors + socket_errors, "overloaded": overloaded, "requests": requests}
 
 
 async def stream_client(port, body, deadline, ttfts, tally):
@@ -158,9 +214,12 @@ def batching_gain(args):
         result["server_tokens_per_s_1"] = one["tokens_per_s"]
         result["server_tokens_per_s_64"] = many["tokens_per_s"]
         result["server_batching_gain"] = many["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else None
+        result["server_completed_tokens_per_s_1"] = one["completed_tokens_per_s"]
+        result["server_completed_tokens_per_s_64"] = many["completed_tokens_per_s"]
         gain = result["server_batching_gain"]
         print(f"{args.gain_shape} shape: tokens/s 1 client {one['tokens_per_s']:.1f}, 64 clients "
-              f"{many['tokens_per_s']:.1f}, gain {'none' if gain is None else f'{gain:.2f}'}", flush=True)
+              f"{many['tokens_per_s']:.1f}, gain {'none' if gain is None else f'{gain:.2f}'} (completed answers: "
+              f"{one['completed_tokens_per_s']:.1f} and {many['completed_tokens_per_s']:.1f})", flush=True)
         result["errors"] = warm["errors"] + one["errors"] + many["errors"]
         result["overloaded"] = warm["overloaded"] + one["overloaded"] + many["overloaded"]
     finally:
@@ -177,8 +236,9 @@ def main():
     ap.add_argument("--server-arg", action="append", default=[])
     ap.add_argument("--gain-shape", default="small", help="model shape of the batching-gain server")
     ap.add_argument("--gain-seconds", type=int, default=12)
-    ap.add_argument("--gain-max-tokens", type=int, default=16)
+    ap.add_argument("--gain-max-tokens", type=int, default=64)
     args = ap.parse_args()
+    ensure_prometheus_client()
 
     proc, port, model = start_server(os.path.abspath(args.server), ["--max-queue", "1024", *args.server_arg])
     result = {"server_args": args.server_arg, "seconds": args.seconds, "max_tokens": args.max_tokens}
