@@ -196,12 +196,6 @@ bool step_planner::schedule(std::uint32_t h, std::int32_t chunk, step_plan& plan
   if (end > known) plan.token_ids.push_back(token_ref(s.pending[s.num_pending - 1].slot));
   for (std::int32_t t = s.computed; t < end; ++t) plan.positions.push_back(t);
   plan.num_tokens += chunk;
-  plan.query_start_loc.push_back(plan.num_tokens);
-  plan.seq_lens.push_back(s.computed + chunk);
-  // The row itself stays in the table: the plan names where it is.
-  const std::int32_t row = table_.begin(h);
-  plan.block_begin.push_back(row);
-  plan.block_end.push_back(row + table_.size(h));
   s.computed += chunk;
   s.scheduled_in = plan.step;
   if (samples) {
@@ -223,7 +217,7 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
   plan.requests.clear();
   plan.token_ids.clear();
   plan.positions.clear();
-  plan.query_start_loc.assign(1, 0);
+  plan.query_start_loc.clear();  // these four: filled by finalize()
   plan.seq_lens.clear();
   plan.block_begin.clear();
   plan.block_end.clear();
@@ -317,15 +311,22 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
 }
 
 void step_planner::finalize(step_plan& plan) {
-  // A row that moved after its request was scheduled (a later request's
-  // growth compacted the table) is named where it is now.
-  if (table_.compactions() != compactions_seen_) {
-    compactions_seen_ = table_.compactions();
-    for (std::size_t i = 0; i < plan.requests.size(); ++i) {
-      const std::uint32_t h = plan.requests[i].handle;
-      plan.block_begin[i] = table_.begin(h);
-      plan.block_end[i] = table_.begin(h) + table_.size(h);
-    }
+  // The per-request arrays in one pass once every request is scheduled, so
+  // that rows are named where they are after any move or compaction this
+  // step caused. The rows themselves stay in the table.
+  const std::size_t scheduled = plan.requests.size();
+  plan.query_start_loc.resize(scheduled + 1);
+  plan.seq_lens.resize(scheduled);
+  plan.block_begin.resize(scheduled);
+  plan.block_end.resize(scheduled);
+  plan.query_start_loc[0] = 0;
+  for (std::size_t i = 0; i < scheduled; ++i) {
+    const scheduled_request& r = plan.requests[i];
+    plan.query_start_loc[i + 1] = r.token_begin + r.num_tokens;
+    plan.seq_lens[i] = r.context_before + r.num_tokens;
+    const std::int32_t row = table_.begin(r.handle);
+    plan.block_begin[i] = row;
+    plan.block_end[i] = row + table_.size(r.handle);
   }
   plan.block_table = table_.entries();
   const auto writes = table_.writes();

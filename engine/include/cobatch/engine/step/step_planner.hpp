@@ -190,7 +190,6 @@ class step_planner {
   std::int64_t tokens_per_page_;  // tokens of a request one page of its row covers: page_size x dcp_world
   std::uint64_t table_step_ = 0;  // the last non-empty plan: its table is what block_writes update
   bool writes_handed_out_ = false;
-  std::uint64_t compactions_seen_ = 0;
   std::int32_t high_water_ = 0;
   step_timing_model timing_;
   std::vector<seq> seqs_;
