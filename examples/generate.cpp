@@ -1,5 +1,5 @@
 // generate: text for a few prompts, through the whole engine path on the
-// host backend: step planning (admission, chunked prefill, micro-batch count
+// host backend or on a CUDA device: step planning (admission, chunked prefill, micro-batch count
 // and cuts, graph routes), two micro-batches per step, graphs captured on
 // first use and replayed, decode-context parallelism over 2 in-process ranks
 // (attention partials exchanged on the communication stream and merged),
@@ -11,7 +11,10 @@
 //   --top-p P          (default 1)
 //   --seed S           sampling seed (default 1)
 //   --weights FILE     safetensors weights (default: seeded random, seed 42)
-//   --ranks N          DCP ranks, 1 or 2 (default 2)
+//   --device host|cuda the backend (default host); cuda runs the model's cuBLAS
+//                      and .cu kernels on CUDA device 0, one rank (the DCP
+//                      group's communicators are the host backend's)
+//   --ranks N          DCP ranks, 1 or 2 (default 2 on the host, 1 on CUDA)
 //   --sequential       plan each step after the previous one finished
 //   --trace FILE       Chrome/Perfetto trace (default generate.trace.json)
 //
@@ -29,7 +32,13 @@
 #include <cobatch/coro/when_all.hpp>
 #include <cobatch/engine/step/engine_loop.hpp>
 #include <cobatch/engine/ubatch/timeline.hpp>
+#include <cobatch/config.hpp>
 #include <cobatch/gpu/host/host_device.hpp>
+
+#if COBATCH_WITH_CUDA
+#include <cobatch/gpu/cuda/cuda_device.hpp>
+#include <cobatch/gpu/cuda/device_census.hpp>
+#endif
 
 #include <cstdio>
 #include <cstdlib>
@@ -55,7 +64,7 @@ const char* to_text(engine::dispatch_mode m) {
 int usage() {
   std::fprintf(stderr,
                "usage: generate [--max-tokens N] [--temperature T] [--top-p P] [--seed S] [--weights FILE]\n"
-               "                [--ranks 1|2] [--sequential] [--trace FILE] [prompt ...]\n");
+               "                [--device host|cuda] [--ranks 1|2] [--sequential] [--trace FILE] [prompt ...]\n");
   return 2;
 }
 
@@ -66,7 +75,8 @@ int main(int argc, char** argv) {
   float temperature = 0.0f, top_p = 1.0f;
   std::uint64_t seed = 1;
   std::string weights_path, trace_path = "generate.trace.json";
-  int ranks = 2;
+  int ranks = 0;  // 0: the device's default
+  std::string device_kind = "host";
   bool sequential = false;
   std::vector<std::string> prompts;
   for (int i = 1; i < argc; ++i) {
@@ -79,12 +89,42 @@ int main(int argc, char** argv) {
     else if (a == "--seed" && (v = value())) seed = std::strtoull(v, nullptr, 10);
     else if (a == "--weights" && (v = value())) weights_path = v;
     else if (a == "--ranks" && (v = value())) ranks = std::atoi(v);
+    else if (a == "--device" && (v = value())) device_kind = v;
     else if (a == "--trace" && (v = value())) trace_path = v;
     else if (a == "--sequential") sequential = true;
     else if (a.rfind("--", 0) == 0) return usage();
     else prompts.push_back(a);
   }
+  const bool on_cuda = device_kind == "cuda";
+  if (!on_cuda && device_kind != "host") {
+    std::fprintf(stderr, "generate: --device %s: the devices are host and cuda\n", device_kind.c_str());
+    return usage();
+  }
+  if (ranks == 0) ranks = on_cuda ? 1 : 2;
   if (ranks != 1 && ranks != 2) return usage();
+  if (on_cuda && ranks != 1) {
+    std::fprintf(stderr, "generate: --device cuda runs one rank (the DCP group's communicators are the host backend's)\n");
+    return 2;
+  }
+#if COBATCH_WITH_CUDA
+  if (on_cuda) {
+    const auto census = gpu::cuda::take_device_census();
+    if (census.error) {
+      std::fprintf(stderr, "generate: --device cuda: cannot count CUDA devices: %s\n", census.error.message().c_str());
+      return 1;
+    }
+    if (!census.usable()) {
+      std::fprintf(stderr, "generate: --device cuda: %.*s\n", static_cast<int>(census.none_because.size()),
+                   census.none_because.data());
+      return 1;
+    }
+  }
+#else
+  if (on_cuda) {
+    std::fprintf(stderr, "generate: --device cuda: this build of cobatch has no CUDA backend (configure with -DCOBATCH_CUDA=ON)\n");
+    return 1;
+  }
+#endif
   if (prompts.empty())
     prompts = {"The quick brown fox", "cobatch runs micro-batches as coroutines", "Hello", "One thread, two streams, no barriers"};
 
@@ -101,17 +141,27 @@ int main(int argc, char** argv) {
   coro::run_loop loop;
   coro::completion_reactor reactor(loop.get_executor());
   loop.attach(reactor);
-  std::vector<std::unique_ptr<gpu::host::host_device>> devices;
+  std::vector<std::unique_ptr<gpu::device>> devices;
   std::unique_ptr<model::dcp_group> group = ranks > 1 ? std::make_unique<model::dcp_group>(ranks) : nullptr;
   std::vector<std::unique_ptr<model::llama_model>> models;
   std::vector<engine::engine_rank> engine_ranks;
   constexpr std::int32_t pages = 256, page_size = 16;
-  for (int r = 0; r < ranks; ++r) {
-    devices.push_back(std::make_unique<gpu::host::host_device>(
-        reactor, gpu::host::device_options{"host rank " + std::to_string(r), r, std::size_t{1} << 30}));
-    models.push_back(std::make_unique<model::llama_model>(*devices.back(), weights,
-                                                          model::llama_rank_options{pages, page_size, r, group.get()}));
-    engine_ranks.push_back({devices.back().get(), models.back().get()});
+  try {
+    for (int r = 0; r < ranks; ++r) {
+#if COBATCH_WITH_CUDA
+      if (on_cuda) devices.push_back(std::make_unique<gpu::cuda::cuda_device>(reactor, r));
+#endif
+      if (!on_cuda) {
+        devices.push_back(std::make_unique<gpu::host::host_device>(
+            reactor, gpu::host::device_options{"host rank " + std::to_string(r), r, std::size_t{1} << 30}));
+      }
+      models.push_back(std::make_unique<model::llama_model>(*devices.back(), weights,
+                                                            model::llama_rank_options{pages, page_size, r, group.get()}));
+      engine_ranks.push_back({devices.back().get(), models.back().get()});
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "generate: %s\n", e.what());
+    return 1;
   }
 
   engine::engine_options options;
@@ -134,8 +184,8 @@ int main(int argc, char** argv) {
   engine::timeline trace;
   engine->set_timeline(&trace);
 
-  std::printf("cobatch generate: %zu prompts, %d DCP rank%s, 2 micro-batches per step, budget %d tokens, %s loop\n\n",
-              prompts.size(), ranks, ranks > 1 ? "s" : "", *options.fixed_budget,
+  std::printf("cobatch generate: %zu prompts on %s, %d DCP rank%s, 2 micro-batches per step, budget %d tokens, %s loop\n\n",
+              prompts.size(), devices[0]->name().c_str(), ranks, ranks > 1 ? "s" : "", *options.fixed_budget,
               sequential ? "sequential" : "overlapped");
   std::printf("  step  reqs  tokens  prefill/decode  ubatches (tokens -> run as)            device us  gap us\n");
   engine->on_step([&](const engine::step_report& r) {

@@ -9,8 +9,8 @@
 // Every operation is enqueued on `s` and reads the micro-batch's inputs
 // (`io`) and sizes (io.counts) when it runs, not when it is enqueued, so that
 // graph stages replay; `rows` is the padded row count the stage was enqueued
-// for. On CUDA, io's buffers must be memory the device reads (device or
-// pinned host memory).
+// for. io's buffers are the step runner's, in the device's memory (on CUDA,
+// device memory the kernels read directly).
 #pragma once
 
 #include "llama_weights.hpp"

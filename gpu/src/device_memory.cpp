@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -82,6 +83,42 @@ device_buffer allocate(device& d, std::size_t bytes) {
     throw std::system_error(ec, "cobatch: allocate(" + std::to_string(bytes) + " bytes on '" + d.name() + "')");
   }
   return b;
+}
+
+namespace {
+class aligned_host_memory final : public detail::memory_holder {
+ public:
+  explicit aligned_host_memory(std::size_t bytes)
+      : p_(::operator new(bytes, std::align_val_t{64})) {
+    std::memset(p_, 0, bytes);
+  }
+  ~aligned_host_memory() override { ::operator delete(p_, std::align_val_t{64}); }
+  aligned_host_memory(const aligned_host_memory&) = delete;
+  aligned_host_memory& operator=(const aligned_host_memory&) = delete;
+  void* get() const noexcept { return p_; }
+
+ private:
+  void* p_;
+};
+}  // namespace
+
+pinned_buffer allocate_pinned(device& d, std::size_t bytes) {
+  if (bytes == 0) invalid("allocate_pinned: 0 bytes for '" + d.name() + "'");
+  if (d.backend() == backend_kind::host) {
+    try {
+      auto memory = std::make_unique<aligned_host_memory>(bytes);
+      void* p = memory->get();
+      return pinned_buffer(std::move(memory), p, bytes);
+    } catch (const std::bad_alloc&) {
+      throw std::system_error(make_error_code(errc::out_of_memory),
+                              "cobatch: allocate_pinned(" + std::to_string(bytes) + " bytes for '" + d.name() + "')");
+    }
+  }
+#if COBATCH_WITH_CUDA
+  return cuda::detail::allocate_pinned(d, bytes);
+#else
+  no_backend("allocate_pinned");
+#endif
 }
 
 namespace detail {

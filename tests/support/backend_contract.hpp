@@ -18,17 +18,22 @@
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/gpu/collective_wait.hpp"
 #include "cobatch/gpu/communicator.hpp"
+#include "cobatch/gpu/copy.hpp"
+#include "cobatch/gpu/device_memory.hpp"
 #include "cobatch/gpu/device.hpp"
 #include "cobatch/gpu/error.hpp"
+#include "cobatch/gpu/kernels/resolve_refs.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <future>
 #include <memory>
 #include <numeric>
+#include <span>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -94,6 +99,41 @@ inline std::error_code await_fence(backend& b, gpu::fence f) {
 inline std::error_code injected() { return make_error_code(gpu::errc::out_of_memory); }
 
 // --- streams, events, fences -------------------------------------------------
+
+// --- memory ---------------------------------------------------------------------
+
+// What the engine's step runner does each step, on a small scale: staged
+// values and references in pinned host memory, one copy in, references
+// resolved on the device from a table the device holds, one copy back out.
+inline void pinned_staging_and_references_round_trip(backend& b) {
+  gpu::device& d = b.device();
+  gpu::stream s = d.make_stream();
+  const std::vector<std::int32_t> staged{5, -1, 7, -3, -2, 0, -4, 9};  // -4: past the table
+  const std::vector<std::int32_t> table{100, 200, 300};
+  const std::vector<std::int32_t> want{5, 100, 7, 300, 200, 0, 0, 9};
+  gpu::pinned_buffer in = gpu::allocate_pinned(d, staged.size() * sizeof(std::int32_t));
+  gpu::pinned_buffer out = gpu::allocate_pinned(d, want.size() * sizeof(std::int32_t));
+  REQUIRE(in.size() == staged.size() * sizeof(std::int32_t));
+  for (std::byte x : out.bytes()) REQUIRE(x == std::byte{0});
+  std::memcpy(in.data(), staged.data(), in.size());
+  gpu::typed_buffer<std::int32_t> src(d, staged.size()), refs(d, table.size()), dst(d, want.size());
+  gpu::copy_async(refs.span(), std::span<const std::int32_t>(table), s);
+  gpu::copy_async(src.span(), std::span<const std::int32_t>(reinterpret_cast<const std::int32_t*>(in.data()), staged.size()), s);
+  gpu::kernels::resolve_refs_args a;
+  a.src = src.data();
+  a.table = refs.data();
+  a.dst = dst.data();
+  a.count = static_cast<std::int32_t>(staged.size());
+  a.table_size = static_cast<std::int32_t>(table.size());
+  gpu::kernels::enqueue_resolve_refs(d.backend(), a, s);
+  const std::span<std::int32_t> back(reinterpret_cast<std::int32_t*>(out.data()), want.size());
+  gpu::copy_async(back, gpu::device_span<const std::int32_t>(dst.span()), s);
+  REQUIRE_FALSE(await_stream(b, s));
+  CHECK(std::vector<std::int32_t>(back.begin(), back.end()) == want);
+  a.count = -1;
+  CHECK_THROWS_AS(gpu::kernels::enqueue_resolve_refs(d.backend(), a, s), std::system_error);
+  CHECK_THROWS_AS(gpu::allocate_pinned(d, 0), std::system_error);
+}
 
 inline void stream_runs_in_order(backend& b) {
   auto s = b.device().make_stream();
@@ -415,6 +455,8 @@ inline void an_aborted_collective_fails_its_stream_and_the_streams_that_joined_i
 /// Registers every promise of the contract for `backend_type` (default
 /// constructible, a contract::backend), tagged [contract][name].
 #define COBATCH_BACKEND_CONTRACT(backend_type, name)                                                                  \
+  COBATCH_CONTRACT_CASE(backend_type, name, pinned_staging_and_references_round_trip,                                \
+                        "pinned staging and device-resolved references round-trip through stream-ordered copies")     \
   COBATCH_CONTRACT_CASE(backend_type, name, stream_runs_in_order, "a stream runs its work in order")                  \
   COBATCH_CONTRACT_CASE(backend_type, name, event_joins_streams, "an event join orders work across streams")          \
   COBATCH_CONTRACT_CASE(backend_type, name, fences_cover_what_came_before,                                            \

@@ -82,8 +82,8 @@ class toy_step_model final : public step_model {
     return splitmix((static_cast<std::uint64_t>(token) << 32) ^ static_cast<std::uint64_t>(position)) >> 40;
   }
   std::uint64_t& slot_of(const ubatch_io& io, std::int32_t req, std::int32_t position) {
-    const std::int32_t index = io.block_begin[req] + position / page_size_;
-    const std::int32_t page = index < io.block_end[req] ? io.block_table[index] : -1;
+    const std::int32_t index = io.block_indptr[req] + position / page_size_;
+    const std::int32_t page = index < io.block_indptr[req + 1] ? io.block_indices[index] : -1;
     if (page < 0) throw std::runtime_error("toy model: position " + std::to_string(position) + " has no page");
     return kv_[static_cast<std::size_t>(page) * static_cast<std::size_t>(page_size_) +
                static_cast<std::size_t>(position % page_size_)];

@@ -86,8 +86,7 @@ engine_loop::engine_loop(asio::any_io_executor executor, std::span<const engine_
   runner_options ropts;
   ropts.max_tokens = std::max<std::int32_t>(max_budget, static_cast<std::int32_t>(planner_->router().ladder().max_size()));
   ropts.max_reqs = popts.max_running;
-  // The planner's block_table checked that this fits int32.
-  ropts.max_pages = static_cast<std::int32_t>(block_table::capacity_for(popts.num_pages));
+  ropts.max_pages = popts.num_pages;
   ropts.max_ubatches = popts.ubatches.max;
   ropts.keep_logits = options_.keep_logits;
   ropts.dcp_world = popts.dcp_world;

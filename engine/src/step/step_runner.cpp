@@ -2,6 +2,8 @@
 
 #include "cobatch/coro/use_task.hpp"
 #include "cobatch/engine/ubatch/ubatch_error.hpp"
+#include "cobatch/gpu/copy.hpp"
+#include "cobatch/gpu/kernels/resolve_refs.hpp"
 
 #include "message.hpp"
 
@@ -10,38 +12,45 @@
 
 namespace cobatch::engine {
 
-namespace {
-template <class T>
-std::span<std::byte> bytes_of(std::vector<T>& v) {
-  return std::as_writable_bytes(std::span<T>(v));
-}
-template <class T>
-std::span<const std::byte> cbytes_of(const std::vector<T>& v) {
-  return std::as_bytes(std::span<const T>(v));
-}
-}  // namespace
+// Where each input of a micro-batch slot lies in its block, in bytes. The
+// staging block of a step (host) and the persistent buffers (the device's)
+// have this one layout, so that a step's inputs go in with one copy. Per-
+// request arrays first and the page ids last: a step copies its blocks up to
+// the last byte it wrote, which for the last micro-batch ends at its pages.
+struct step_runner::input_layout {
+  std::size_t counts = 0, dcp = 0, query_start_loc = 0, seq_lens = 0, block_indptr = 0, req_slots = 0, sample_rows = 0,
+              sample_index = 0, temperature = 0, top_p = 0, seed = 0, token_src = 0, positions = 0, block_indices = 0;
+  std::size_t slot_bytes = 0;
 
-// One micro-batch slot's persistent buffers: sized once, never moved.
-struct step_runner::slot_buffers {
-  std::vector<std::int32_t> token_src, token_ids, positions, query_start_loc, seq_lens, block_begin, block_end, req_slots,
-      sample_rows, sample_index, counts, dcp;
-  std::vector<float> temperature, top_p;
-  std::vector<std::uint64_t> seed;
-  // Ids in persistent_inputs, in the order stage() lists its inputs.
-  std::array<buffer_id, 15> ids{};
-  ubatch_io io;
-};
-
-// One micro-batch's inputs of one step, staged on the host.
-struct step_runner::staging {
-  std::vector<std::int32_t> token_src, positions, query_start_loc, seq_lens, block_begin, block_end, req_slots, sample_rows,
-      sample_index, counts, dcp;
-  std::vector<float> temperature, top_p;
-  std::vector<std::uint64_t> seed;
-  std::vector<step_input> inputs;
-  copy_plan copy;
-  std::int32_t real_tokens = 0;
-  std::int32_t run_tokens = 0;
+  input_layout(std::size_t tokens, std::size_t reqs, std::size_t pages) {
+    std::size_t at = 0;
+    // 64-byte fields: whole cache lines on the host, aligned loads on a GPU.
+    auto field = [&](std::size_t bytes) {
+      const std::size_t here = at;
+      at = (at + bytes + 63) / 64 * 64;
+      return here;
+    };
+    constexpr std::size_t i32 = sizeof(std::int32_t);
+    counts = field(2 * i32);
+    dcp = field(2 * i32);
+    query_start_loc = field((reqs + 1) * i32);
+    seq_lens = field(reqs * i32);
+    block_indptr = field((reqs + 1) * i32);
+    req_slots = field(reqs * i32);
+    sample_rows = field(reqs * i32);
+    sample_index = field(reqs * i32);
+    temperature = field(reqs * sizeof(float));
+    top_p = field(reqs * sizeof(float));
+    seed = field(reqs * sizeof(std::uint64_t));
+    token_src = field(tokens * i32);
+    positions = field(tokens * i32);
+    block_indices = field(pages * i32);
+    slot_bytes = (at + 255) / 256 * 256;
+  }
+  template <class T>
+  static T* at(std::byte* block, std::size_t offset) noexcept {
+    return reinterpret_cast<T*>(block + offset);
+  }
 };
 
 struct step_runner::ring_entry {
@@ -49,12 +58,13 @@ struct step_runner::ring_entry {
   std::uint64_t step = 0;
   std::int32_t num_reqs = 0;
   std::int32_t num_ubatches = 0;
-  std::vector<staging> stages;
-  std::vector<std::int32_t> sampled;
-  std::vector<float> logits;
-  // The block table entries the step writes: ranges, and their values in order.
-  std::vector<block_range> table_writes;
-  std::vector<std::int32_t> table_values;
+  std::vector<std::int32_t> run_tokens;  // per micro-batch
+  // The step's inputs, laid out as the device's blocks (input_layout), and
+  // its outputs as they come back: host memory the device copies from and to.
+  gpu::pinned_buffer staging;
+  gpu::pinned_buffer outputs;
+  std::span<std::int32_t> sampled;
+  std::span<float> logits;
   // Written on the stream's thread before the event's record; read after
   // awaiting it.
   std::chrono::steady_clock::time_point begin{}, end{};
@@ -87,83 +97,86 @@ step_runner::step_runner(asio::any_io_executor executor, gpu::device& device, st
 
   const auto cap_t = static_cast<std::size_t>(o.max_tokens);
   const auto cap_r = static_cast<std::size_t>(o.max_reqs);
-  for (std::int32_t u = 0; u < o.max_ubatches; ++u) {
-    auto b = std::make_unique<slot_buffers>();
-    b->token_src.assign(cap_t, 0);
-    b->token_ids.assign(cap_t, 0);
-    b->positions.assign(cap_t, 0);
-    b->query_start_loc.assign(cap_r + 1, 0);
-    b->seq_lens.assign(cap_r, 0);
-    b->block_begin.assign(cap_r, 0);
-    b->block_end.assign(cap_r, 0);
-    b->req_slots.assign(cap_r, 0);
-    b->sample_rows.assign(cap_r, -1);
-    b->sample_index.assign(cap_r, 0);
-    b->counts.assign(2, 0);
-    b->dcp.assign(2, 0);
-    b->temperature.assign(cap_r, 0.0f);
-    b->top_p.assign(cap_r, 1.0f);
-    b->seed.assign(cap_r, 0);
+  const auto cap_p = static_cast<std::size_t>(o.max_pages);
+  const auto vocab = static_cast<std::size_t>(info.vocab_size);
+  const auto n_slots = static_cast<std::size_t>(o.max_ubatches);
+  layout_ = std::make_unique<input_layout>(cap_t, cap_r, cap_p);
+  const input_layout& L = *layout_;
+  // The persistent buffers: device memory of the runner's device, allocated
+  // once (graphs replay over these addresses).
+  inputs_dev_ = gpu::typed_buffer<std::byte>(device, n_slots * L.slot_bytes);
+  token_ids_dev_ = gpu::typed_buffer<std::int32_t>(device, n_slots * cap_t);
+  sampled_dev_ = gpu::typed_buffer<std::int32_t>(device, cap_r);
+  if (o.keep_logits) logits_dev_ = gpu::typed_buffer<float>(device, cap_r * vocab);
+  for (std::size_t u = 0; u < n_slots; ++u) {
+    std::byte* base = inputs_dev_.data() + u * L.slot_bytes;
     const std::string p = detail::cat("ubatch ", u, ".");
-    std::size_t k = 0;
-    b->ids[k++] = inputs_.add(p + "token_src", bytes_of(b->token_src));
-    b->ids[k++] = inputs_.add(p + "positions", bytes_of(b->positions));
-    b->ids[k++] = inputs_.add(p + "query_start_loc", bytes_of(b->query_start_loc));
-    b->ids[k++] = inputs_.add(p + "seq_lens", bytes_of(b->seq_lens));
-    b->ids[k++] = inputs_.add(p + "block_begin", bytes_of(b->block_begin));
-    b->ids[k++] = inputs_.add(p + "block_end", bytes_of(b->block_end));
-    b->ids[k++] = inputs_.add(p + "req_slots", bytes_of(b->req_slots));
-    b->ids[k++] = inputs_.add(p + "sample_rows", bytes_of(b->sample_rows));
-    b->ids[k++] = inputs_.add(p + "sample_index", bytes_of(b->sample_index));
-    b->ids[k++] = inputs_.add(p + "counts", bytes_of(b->counts));
-    b->ids[k++] = inputs_.add(p + "dcp", bytes_of(b->dcp));
-    b->ids[k++] = inputs_.add(p + "temperature", bytes_of(b->temperature));
-    b->ids[k++] = inputs_.add(p + "top_p", bytes_of(b->top_p));
-    b->ids[k++] = inputs_.add(p + "seed", bytes_of(b->seed));
-    b->ids[k++] = inputs_.add(p + "token_ids", bytes_of(b->token_ids));
-    slots_.push_back(std::move(b));
+    auto add = [&](const char* name, std::size_t offset, std::size_t bytes) {
+      inputs_.add(p + name, std::span<std::byte>(base + offset, bytes));
+    };
+    constexpr std::size_t i32 = sizeof(std::int32_t);
+    add("counts", L.counts, 2 * i32);
+    add("dcp", L.dcp, 2 * i32);
+    add("query_start_loc", L.query_start_loc, (cap_r + 1) * i32);
+    add("seq_lens", L.seq_lens, cap_r * i32);
+    add("block_indptr", L.block_indptr, (cap_r + 1) * i32);
+    add("req_slots", L.req_slots, cap_r * i32);
+    add("sample_rows", L.sample_rows, cap_r * i32);
+    add("sample_index", L.sample_index, cap_r * i32);
+    add("temperature", L.temperature, cap_r * sizeof(float));
+    add("top_p", L.top_p, cap_r * sizeof(float));
+    add("seed", L.seed, cap_r * sizeof(std::uint64_t));
+    add("token_src", L.token_src, cap_t * i32);
+    add("positions", L.positions, cap_t * i32);
+    add("block_indices", L.block_indices, cap_p * i32);
+    inputs_.add(p + "token_ids",
+                std::as_writable_bytes(std::span<std::int32_t>(token_ids_dev_.data() + u * cap_t, cap_t)));
     caches_.emplace_back(o.graphs);
+    ubatch_io io{static_cast<std::int32_t>(u),
+                 o.max_tokens,
+                 o.max_reqs,
+                 o.max_pages,
+                 info.vocab_size,
+                 token_ids_dev_.data() + u * cap_t,
+                 input_layout::at<std::int32_t>(base, L.positions),
+                 input_layout::at<std::int32_t>(base, L.query_start_loc),
+                 input_layout::at<std::int32_t>(base, L.seq_lens),
+                 input_layout::at<std::int32_t>(base, L.block_indptr),
+                 input_layout::at<std::int32_t>(base, L.block_indices),
+                 input_layout::at<std::int32_t>(base, L.req_slots),
+                 input_layout::at<std::int32_t>(base, L.sample_rows),
+                 input_layout::at<std::int32_t>(base, L.sample_index),
+                 input_layout::at<float>(base, L.temperature),
+                 input_layout::at<float>(base, L.top_p),
+                 input_layout::at<std::uint64_t>(base, L.seed),
+                 input_layout::at<std::int32_t>(base, L.counts),
+                 input_layout::at<std::int32_t>(base, L.dcp),
+                 sampled_dev_.data(),
+                 o.keep_logits ? logits_dev_.data() : nullptr};
+    ios_.push_back(io);
   }
-  table_.assign(static_cast<std::size_t>(o.max_pages), -1);
-  inputs_.add("block_table", bytes_of(table_));  // not copied in whole: registered so graphs check its address
-  sampled_.assign(cap_r, 0);
-  if (o.keep_logits) logits_.assign(cap_r * static_cast<std::size_t>(info.vocab_size), 0.0f);
-  for (std::int32_t u = 0; u < o.max_ubatches; ++u) {
-    slot_buffers& b = *slots_[static_cast<std::size_t>(u)];
-    b.io = ubatch_io{u,
-                     o.max_tokens,
-                     o.max_reqs,
-                     o.max_pages,
-                     info.vocab_size,
-                     b.token_ids.data(),
-                     b.positions.data(),
-                     b.query_start_loc.data(),
-                     b.seq_lens.data(),
-                     b.block_begin.data(),
-                     b.block_end.data(),
-                     table_.data(),
-                     b.req_slots.data(),
-                     b.sample_rows.data(),
-                     b.sample_index.data(),
-                     b.temperature.data(),
-                     b.top_p.data(),
-                     b.seed.data(),
-                     b.counts.data(),
-                     b.dcp.data(),
-                     sampled_.data(),
-                     o.keep_logits ? logits_.data() : nullptr};
-    model.bind(b.io);
-  }
+  for (const ubatch_io& io : ios_) model.bind(io);
+  const std::size_t sampled_bytes = (cap_r * sizeof(std::int32_t) + 63) / 64 * 64;
+  const std::size_t logits_count = o.keep_logits ? cap_r * vocab : 0;
   for (std::int32_t r = 0; r < o.ring; ++r) {
     auto e = std::make_unique<ring_entry>();
-    e->stages.resize(static_cast<std::size_t>(o.max_ubatches));
-    e->sampled.assign(cap_r, 0);
-    if (o.keep_logits) e->logits.assign(logits_.size(), 0.0f);
-    e->progress = std::vector<std::atomic<std::int32_t>>(static_cast<std::size_t>(o.max_ubatches));
+    e->staging = gpu::allocate_pinned(device, n_slots * L.slot_bytes);
+    e->outputs = gpu::allocate_pinned(device, sampled_bytes + logits_count * sizeof(float));
+    e->sampled = std::span<std::int32_t>(reinterpret_cast<std::int32_t*>(e->outputs.data()), cap_r);
+    if (o.keep_logits) e->logits = std::span<float>(reinterpret_cast<float*>(e->outputs.data() + sampled_bytes), logits_count);
+    e->progress = std::vector<std::atomic<std::int32_t>>(n_slots);
+    e->run_tokens.assign(n_slots, 0);
     e->done = device.make_event();
     ring_.push_back(std::move(e));
   }
   make_streams();
+  // Defined contents before the first step (CUDA's device memory starts
+  // uninitialized), ordered before it on the stream that runs it.
+  gpu::stream_ref s = scheduler_->compute_stream(0);
+  gpu::fill_async(inputs_dev_.span(), std::byte{0}, s);
+  gpu::fill_async(token_ids_dev_.span(), std::int32_t{0}, s);
+  gpu::fill_async(sampled_dev_.span(), std::int32_t{0}, s);
+  if (logits_dev_) gpu::fill_async(logits_dev_.span(), 0.0f, s);
 }
 
 step_runner::~step_runner() = default;
@@ -186,97 +199,103 @@ const graph_cache<segment_graphs>& step_runner::graphs(std::int32_t slot) const 
   return caches_[static_cast<std::size_t>(slot)];
 }
 
-void step_runner::stage(const step_plan& plan, std::int32_t u, staging& st) const {
+// Writes micro-batch u's inputs into its block of the step's staging, as the
+// device will see them: padding rows [real, run) hold token 0 at position 0;
+// token references stay references (the device resolves them). Returns the
+// bytes of the block written, from its start.
+std::size_t step_runner::stage(const step_plan& plan, std::int32_t u, ring_entry& e) const {
   const ubatch b = plan.ubatches[u];
   const dispatch_route& route = plan.routes[static_cast<std::size_t>(u)];
-  st.real_tokens = b.real_tokens();
-  st.run_tokens = route.mode == dispatch_mode::eager ? st.real_tokens : static_cast<std::int32_t>(route.run_tokens());
-  if (st.run_tokens > options_.max_tokens)
-    throw_engine_error(errc::no_capacity, detail::cat("step_runner: micro-batch ", u, " of step ", plan.step, " runs ",
-                                                      st.run_tokens, " tokens; the buffers hold ", options_.max_tokens));
-  const auto tb = plan.token_ids.begin() + b.token_begin;
-  st.token_src.assign(tb, tb + st.real_tokens);
-  const auto pb = plan.positions.begin() + b.token_begin;
-  st.positions.assign(pb, pb + st.real_tokens);
-  st.query_start_loc.assign(b.query_start_loc.begin(), b.query_start_loc.end());
-  st.seq_lens.assign(b.seq_lens.begin(), b.seq_lens.end());
-  // Rows of the shared table, not their pages: O(requests) per step.
-  const auto rb = plan.block_begin.begin() + b.req_begin;
-  const auto re = plan.block_end.begin() + b.req_begin;
-  st.block_begin.assign(rb, rb + b.num_reqs());
-  st.block_end.assign(re, re + b.num_reqs());
+  const std::int32_t real = b.real_tokens();
+  const std::int32_t run = route.mode == dispatch_mode::eager ? real : static_cast<std::int32_t>(route.run_tokens());
+  if (run > options_.max_tokens)
+    throw_engine_error(errc::no_capacity, detail::cat("step_runner: micro-batch ", u, " of step ", plan.step, " runs ", run,
+                                                      " tokens; the buffers hold ", options_.max_tokens));
+  if (run < real)
+    throw_engine_error(errc::invalid_argument, detail::cat("step_runner: micro-batch ", u, " of step ", plan.step, " runs ", run,
+                                                           " tokens for its ", real, " real ones"));
+  if (plan.block_begin.size() != plan.requests.size() || plan.block_end.size() != plan.requests.size())
+    throw_engine_error(errc::length_mismatch,
+                       detail::cat("step_runner: step ", plan.step, " has ", plan.num_reqs(), " requests, ",
+                                   plan.block_begin.size(), " block_begin and ", plan.block_end.size(), " block_end"));
+  // The plan names each request's row of its persistent block table; the
+  // micro-batch's CSR packs those rows into the slot's block (the one copy-in
+  // carries them with the rest).
   const auto table_size = static_cast<std::int32_t>(plan.block_table.size());
-  for (std::size_t j = 0; j < st.block_begin.size(); ++j) {
-    if (st.block_begin[j] < 0 || st.block_begin[j] > st.block_end[j] || st.block_end[j] > table_size)
-      throw_engine_error(errc::invalid_argument,
-                         detail::cat("step_runner: step ", plan.step, " request ", b.req_begin + static_cast<std::int32_t>(j),
-                                     "'s row [", st.block_begin[j], ", ", st.block_end[j], ") is not in its block table of ",
-                                     table_size, " entries"));
-  }
-  st.req_slots.clear();
-  st.sample_rows.clear();
-  st.sample_index.clear();
-  st.temperature.clear();
-  st.top_p.clear();
-  st.seed.clear();
+  std::int64_t pages = 0;
   for (std::int32_t j = b.req_begin; j < b.req_end; ++j) {
+    const std::int32_t rb = plan.block_begin[static_cast<std::size_t>(j)];
+    const std::int32_t re = plan.block_end[static_cast<std::size_t>(j)];
+    if (rb < 0 || rb > re || re > table_size)
+      throw_engine_error(errc::invalid_argument,
+                         detail::cat("step_runner: step ", plan.step, " request ", j, "'s row [", rb, ", ", re,
+                                     ") is not in its block table of ", table_size, " entries"));
+    pages += re - rb;
+  }
+  if (pages > options_.max_pages)
+    throw_engine_error(errc::no_capacity, detail::cat("step_runner: micro-batch ", u, " of step ", plan.step, " lists ", pages,
+                                                      " pages; the buffers hold ", options_.max_pages));
+  const input_layout& L = *layout_;
+  std::byte* block = e.staging.data() + static_cast<std::size_t>(u) * L.slot_bytes;
+  const auto n_reqs = static_cast<std::size_t>(b.num_reqs());
+
+  auto* tokens = input_layout::at<std::int32_t>(block, L.token_src);
+  const std::int32_t* src = plan.token_ids.data() + b.token_begin;
+  for (std::int32_t i = 0; i < real; ++i) {
+    // A reference past the sampled buffer would read another step's token
+    // (the device kernel reads 0 there): refuse it here, by name.
+    if (is_token_ref(src[i]) && token_ref_slot(src[i]) >= options_.max_reqs)
+      throw_engine_error(errc::invalid_argument,
+                         detail::cat("step_runner: step ", plan.step, " token ", b.token_begin + i,
+                                     " refers to output slot ", token_ref_slot(src[i]), "; the buffers hold ",
+                                     options_.max_reqs));
+    tokens[i] = src[i];
+  }
+  std::fill(tokens + real, tokens + run, 0);
+  auto* positions = input_layout::at<std::int32_t>(block, L.positions);
+  std::copy_n(plan.positions.data() + b.token_begin, real, positions);
+  std::fill(positions + real, positions + run, 0);
+  std::copy(b.query_start_loc.begin(), b.query_start_loc.end(), input_layout::at<std::int32_t>(block, L.query_start_loc));
+  std::copy(b.seq_lens.begin(), b.seq_lens.end(), input_layout::at<std::int32_t>(block, L.seq_lens));
+  auto* indptr = input_layout::at<std::int32_t>(block, L.block_indptr);
+  auto* indices = input_layout::at<std::int32_t>(block, L.block_indices);
+  std::int32_t at = 0;
+  *indptr++ = 0;
+  for (std::int32_t j = b.req_begin; j < b.req_end; ++j) {
+    const auto row = plan.block_table.subspan(static_cast<std::size_t>(plan.block_begin[static_cast<std::size_t>(j)]),
+                                              static_cast<std::size_t>(plan.block_end[static_cast<std::size_t>(j)] -
+                                                                       plan.block_begin[static_cast<std::size_t>(j)]));
+    std::copy(row.begin(), row.end(), indices + at);
+    at += static_cast<std::int32_t>(row.size());
+    *indptr++ = at;
+  }
+  auto* req_slots = input_layout::at<std::int32_t>(block, L.req_slots);
+  auto* sample_rows = input_layout::at<std::int32_t>(block, L.sample_rows);
+  auto* sample_index = input_layout::at<std::int32_t>(block, L.sample_index);
+  auto* temperature = input_layout::at<float>(block, L.temperature);
+  auto* top_p = input_layout::at<float>(block, L.top_p);
+  auto* seed = input_layout::at<std::uint64_t>(block, L.seed);
+  for (std::size_t k = 0; k < n_reqs; ++k) {
+    const std::int32_t j = b.req_begin + static_cast<std::int32_t>(k);
     const scheduled_request& r = plan.requests[static_cast<std::size_t>(j)];
     const std::int32_t last = r.token_begin + r.num_tokens - 1;
     const bool here = r.sample_index >= 0 && last >= b.token_begin && last < b.token_end;
-    st.req_slots.push_back(j);
-    st.sample_rows.push_back(here ? last - b.token_begin : -1);
-    st.sample_index.push_back(r.sample_index);
-    st.temperature.push_back(r.sampling.temperature);
-    st.top_p.push_back(r.sampling.top_p);
-    st.seed.push_back(r.sampling.seed);
+    req_slots[k] = j;
+    sample_rows[k] = here ? last - b.token_begin : -1;
+    sample_index[k] = r.sample_index;
+    temperature[k] = r.sampling.temperature;
+    top_p[k] = r.sampling.top_p;
+    seed[k] = r.sampling.seed;
   }
-  st.counts.assign({st.real_tokens, b.num_reqs()});
-  st.dcp.assign({options_.dcp_rank, options_.dcp_world});
-  const slot_buffers& s = *slots_[static_cast<std::size_t>(u)];
-  const std::size_t run_bytes = static_cast<std::size_t>(st.run_tokens) * sizeof(std::int32_t);
-  st.inputs.clear();
-  std::size_t k = 0;
-  auto add = [&](std::span<const std::byte> src, std::size_t padded) { st.inputs.push_back({s.ids[k++], src, padded}); };
-  add(cbytes_of(st.token_src), run_bytes);
-  add(cbytes_of(st.positions), run_bytes);
-  add(cbytes_of(st.query_start_loc), st.query_start_loc.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.seq_lens), st.seq_lens.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.block_begin), st.block_begin.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.block_end), st.block_end.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.req_slots), st.req_slots.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.sample_rows), st.sample_rows.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.sample_index), st.sample_index.size() * sizeof(std::int32_t));
-  add(cbytes_of(st.counts), 2 * sizeof(std::int32_t));
-  add(cbytes_of(st.dcp), 2 * sizeof(std::int32_t));
-  add(cbytes_of(st.temperature), st.temperature.size() * sizeof(float));
-  add(cbytes_of(st.top_p), st.top_p.size() * sizeof(float));
-  add(cbytes_of(st.seed), st.seed.size() * sizeof(std::uint64_t));
-  inputs_.plan_copy_in(st.inputs, st.copy);
-}
-
-void step_runner::stage_table(const step_plan& plan, ring_entry& e) const {
-  const std::size_t size = plan.block_table.size();
-  if (size > table_.size())
-    throw_engine_error(errc::no_capacity, detail::cat("step_runner: step ", plan.step, "'s block table has ", size,
-                                                      " entries; the buffer holds ", table_.size()));
-  e.table_writes.clear();
-  e.table_values.clear();
-  if (plan.block_base != 0 && plan.block_base == table_step_) {
-    // The copy holds step block_base's table (or will, once the stream gets
-    // there): only the entries written since then travel.
-    for (const block_range& w : plan.block_writes) {
-      if (w.offset < 0 || w.count < 0 || static_cast<std::size_t>(w.offset) + static_cast<std::size_t>(w.count) > size)
-        throw_engine_error(errc::invalid_argument,
-                           detail::cat("step_runner: step ", plan.step, " writes block table entries [", w.offset, ", +",
-                                       w.count, ") outside its ", size, " entries"));
-      const auto from = plan.block_table.begin() + w.offset;
-      e.table_writes.push_back(w);
-      e.table_values.insert(e.table_values.end(), from, from + w.count);
-    }
-  } else if (size > 0) {
-    e.table_writes.push_back({0, static_cast<std::int32_t>(size)});
-    e.table_values.assign(plan.block_table.begin(), plan.block_table.end());
-  }
+  auto* counts = input_layout::at<std::int32_t>(block, L.counts);
+  counts[0] = real;
+  counts[1] = b.num_reqs();
+  auto* dcp = input_layout::at<std::int32_t>(block, L.dcp);
+  dcp[0] = options_.dcp_rank;
+  dcp[1] = options_.dcp_world;
+  e.run_tokens[static_cast<std::size_t>(u)] = run;
+  return pages > 0 ? L.block_indices + static_cast<std::size_t>(pages) * sizeof(std::int32_t)
+                   : L.positions + static_cast<std::size_t>(run) * sizeof(std::int32_t);
 }
 
 coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
@@ -296,13 +315,9 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
     throw_engine_error(errc::invalid_argument, detail::cat("step_runner::launch: step ", e.step,
                                                            " is not collected yet; at most ", options_.ring,
                                                            " steps can be in flight"));
-  if (plan.block_begin.size() != plan.requests.size() || plan.block_end.size() != plan.requests.size())
-    throw_engine_error(errc::length_mismatch,
-                       detail::cat("step_runner::launch: step ", plan.step, " has ", plan.num_reqs(), " requests, ",
-                                   plan.block_begin.size(), " block_begin and ", plan.block_end.size(), " block_end"));
   const std::int32_t n = plan.ubatches.size();
-  for (std::int32_t u = 0; u < n; ++u) stage(plan, u, e.stages[static_cast<std::size_t>(u)]);
-  stage_table(plan, e);
+  std::size_t written = 0;
+  for (std::int32_t u = 0; u < n; ++u) written = static_cast<std::size_t>(u) * layout_->slot_bytes + stage(plan, u, e);
   ++launched_;
   e.in_use = true;
   e.step = plan.step;
@@ -313,34 +328,31 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
   gpu::stream_ref compute = scheduler_->compute_stream(0);
   ring_entry* ep = &e;
   compute.enqueue([ep] { ep->begin = std::chrono::steady_clock::now(); });
-  // Copy-in: staged inputs to the persistent buffers (padding zeroed), then
-  // the token references resolved from the previous step's outputs, which
-  // the stream has produced by now whatever the host knows.
-  compute.enqueue([this, ep] {
-    const std::int32_t* values = ep->table_values.data();
-    for (const block_range& w : ep->table_writes) {
-      std::copy_n(values, w.count, table_.data() + w.offset);
-      values += w.count;
-    }
-    for (std::int32_t u = 0; u < ep->num_ubatches; ++u) {
-      const staging& st = ep->stages[static_cast<std::size_t>(u)];
-      execute_on_host(st.copy);
-      slot_buffers& b = *slots_[static_cast<std::size_t>(u)];
-      for (std::int32_t i = 0; i < st.run_tokens; ++i) {
-        const std::int32_t src = b.token_src[static_cast<std::size_t>(i)];
-        b.token_ids[static_cast<std::size_t>(i)] = is_token_ref(src) ? sampled_[static_cast<std::size_t>(token_ref_slot(src))] : src;
-      }
-    }
-  });
-  table_step_ = plan.step;
-  for (std::int32_t u = 0; u < n; ++u) model_->plan(plan, u, plan.ubatches[u], slots_[static_cast<std::size_t>(u)]->io, compute);
+  // Copy-in: the staged blocks to the persistent buffers in one copy (the
+  // unused tails of the fields between go along; nothing reads them), then
+  // each micro-batch's token references resolved from the previous step's
+  // sampled tokens, which the stream has produced by now whatever the host
+  // knows.
+  gpu::copy_async(inputs_dev_.span().first(written), std::span<const std::byte>(e.staging.data(), written), compute);
+  const auto cap_t = static_cast<std::size_t>(options_.max_tokens);
+  for (std::int32_t u = 0; u < n; ++u) {
+    gpu::kernels::resolve_refs_args a;
+    a.src = input_layout::at<const std::int32_t>(inputs_dev_.data() + static_cast<std::size_t>(u) * layout_->slot_bytes,
+                                                 layout_->token_src);
+    a.table = sampled_dev_.data();
+    a.dst = token_ids_dev_.data() + static_cast<std::size_t>(u) * cap_t;
+    a.count = e.run_tokens[static_cast<std::size_t>(u)];
+    a.table_size = options_.max_reqs;
+    gpu::kernels::enqueue_resolve_refs(device_->backend(), a, compute);
+  }
+  for (std::int32_t u = 0; u < n; ++u) model_->plan(plan, u, plan.ubatches[u], ios_[static_cast<std::size_t>(u)], compute);
 
   try {
     co_await scheduler_->run(plan.ubatches, [this, &plan, ep](ubatch_context& ctx) -> coro::task<void> {
       const std::int32_t u = ctx.index();
-      const staging& st = ep->stages[static_cast<std::size_t>(u)];
+      const std::int32_t run_tokens = ep->run_tokens[static_cast<std::size_t>(u)];
       const dispatch_route& route = plan.routes[static_cast<std::size_t>(u)];
-      const ubatch_io& io = slots_[static_cast<std::size_t>(u)]->io;
+      const ubatch_io& io = ios_[static_cast<std::size_t>(u)];
       const auto n_stages = static_cast<std::int32_t>(stages_.size());
       graph_entry<segment_graphs>* graph = nullptr;
       if (route.mode != dispatch_mode::eager) {
@@ -355,7 +367,7 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
             if (stages_[static_cast<std::size_t>(k)] != stage_kind::graph) continue;
             s.begin_capture();
             try {
-              model_->enqueue_stage(k, io, st.run_tokens, s);
+              model_->enqueue_stage(k, io, run_tokens, s);
             } catch (...) {
               (void)s.end_capture();
               throw;
@@ -378,7 +390,7 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
         if (kind == stage_kind::collective) {
           if (ctx.current_role() != gpu::stream_role::communication) co_await ctx.switch_to_comm();
           if (trace_ != nullptr) ctx.label(detail::cat("stage ", k, " collective"));
-          model_->enqueue_stage(k, io, st.run_tokens, ctx.current_stream());
+          model_->enqueue_stage(k, io, run_tokens, ctx.current_stream());
           const std::int32_t done = ++collectives;
           ctx.current_stream().enqueue([ep, u, done] { ep->progress[static_cast<std::size_t>(u)].store(done); });
           continue;
@@ -389,26 +401,24 @@ coro::task<step_ticket> step_runner::launch(const step_plan& plan) {
           graph->graph().stages[static_cast<std::size_t>(k)].launch(ctx.current_stream());
         } else {
           if (trace_ != nullptr) ctx.label(detail::cat("stage ", k, kind == stage_kind::graph ? " eager" : " eager (per step)"));
-          model_->enqueue_stage(k, io, st.run_tokens, ctx.current_stream());
+          model_->enqueue_stage(k, io, run_tokens, ctx.current_stream());
         }
       }
     });
   } catch (...) {
     e.in_use = false;
     ++stats_.failures;
-    table_step_ = 0;  // whether the copy-in ran is unknown: the next launch copies the table whole
     throw;
   }
-  // Copy-out: the sampled tokens (and logits) to the step's host slot.
-  compute.enqueue([this, ep] {
-    const auto n_reqs = static_cast<std::size_t>(ep->num_reqs);
-    std::copy_n(sampled_.begin(), n_reqs, ep->sampled.begin());
-    if (!logits_.empty()) {
-      const std::size_t row = logits_.size() / sampled_.size();
-      std::copy_n(logits_.begin(), n_reqs * row, ep->logits.begin());
-    }
-    ep->end = std::chrono::steady_clock::now();
-  });
+  // Copy-out: the sampled tokens (and logits) to the step's host slot,
+  // before the end mark.
+  const auto n_reqs = static_cast<std::size_t>(e.num_reqs);
+  gpu::copy_async(e.sampled.first(n_reqs), gpu::device_span<const std::int32_t>(sampled_dev_.span().first(n_reqs)), compute);
+  if (logits_dev_) {
+    const std::size_t row = logits_dev_.size() / sampled_dev_.size();
+    gpu::copy_async(e.logits.first(n_reqs * row), gpu::device_span<const float>(logits_dev_.span().first(n_reqs * row)), compute);
+  }
+  compute.enqueue([ep] { ep->end = std::chrono::steady_clock::now(); });
   compute.record(e.done);
   ++stats_.steps;
   co_return step_ticket{plan.step, r};
@@ -466,7 +476,6 @@ coro::task<void> step_runner::recover() {
     }
   }
   for (auto& e : ring_) e->in_use = false;
-  table_step_ = 0;  // a failed stream may have skipped a copy-in
   make_streams();
 }
 

@@ -1,11 +1,13 @@
 // Internals of the CUDA backend's memory and kernels for the backend-neutral
-// entry points (device_memory.hpp, copy.hpp, kernels/attention_kernels.hpp).
+// entry points (device_memory.hpp, copy.hpp, kernels/attention_kernels.hpp,
+// kernels/resolve_refs.hpp).
 // Not installed.
 #pragma once
 
 #include "cobatch/gpu/copy.hpp"
 #include "cobatch/gpu/device_memory.hpp"
 #include "cobatch/gpu/kernels/attention_kernels.hpp"
+#include "cobatch/gpu/kernels/resolve_refs_args.hpp"
 
 #include <cstddef>
 #include <system_error>
@@ -24,5 +26,9 @@ void convert(const kernels::convert_args& args, stream_ref s);
 void kv_scatter(const kernels::kv_scatter_args& args, stream_ref s);
 void kv_gather(const kernels::kv_gather_args& args, stream_ref s);
 void kv_append(const kernels::kv_append_args& args, stream_ref s);
+void resolve_refs(const kernels::resolve_refs_args& args, stream_ref s);
+
+/// Page-locked host memory (cudaMallocHost) for allocate_pinned.
+pinned_buffer allocate_pinned(device& d, std::size_t bytes);
 
 }  // namespace cobatch::gpu::cuda::detail

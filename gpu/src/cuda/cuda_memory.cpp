@@ -1,14 +1,16 @@
 // The CUDA backend's side of device_memory.hpp, copy.hpp and the attention
-// kernels' entry points: allocation, copies and fills on a stream, and the
-// launches (each takes a ticket on the stream, so a refused launch fails the
-// fences made after it).
+// and resolve_refs kernels' entry points: allocation (device and pinned
+// host), copies and fills on a stream, and the launches (each takes a ticket
+// on the stream, so a refused launch fails the fences made after it).
 #include "cuda_kernels.hpp"
 
 #include "attention_launch.hpp"
+#include "resolve_refs_launch.hpp"
 #include "cuda_stream.hpp"
 
 #include <cstring>
 #include <memory>
+#include <string>
 
 namespace cobatch::gpu::cuda::detail {
 namespace {
@@ -94,5 +96,38 @@ void kv_scatter(const kernels::kv_scatter_args& a, stream_ref s) {
 }
 void kv_append(const kernels::kv_append_args& a, stream_ref s) { note_launch(s, attention_launch::kv_append(a, issue(s))); }
 void kv_gather(const kernels::kv_gather_args& a, stream_ref s) { note_launch(s, attention_launch::kv_gather(a, issue(s))); }
+void resolve_refs(const kernels::resolve_refs_args& a, stream_ref s) {
+  note_launch(s, resolve_refs_launch::resolve_refs(a, issue(s)));
+}
+
+namespace {
+class pinned_memory final : public gpu::detail::memory_holder {
+ public:
+  explicit pinned_memory(void* p) noexcept : p_(p) {}
+  ~pinned_memory() override { cudaFreeHost(p_); }  // never throws
+
+ private:
+  void* p_;
+};
+}  // namespace
+
+pinned_buffer allocate_pinned(device& d, std::size_t bytes) {
+  auto* cd = dynamic_cast<cuda_device*>(&d);
+  if (cd == nullptr)
+    throw std::system_error(make_error_code(errc::invalid_argument),
+                            "cobatch: allocate_pinned: device '" + d.name() + "' says it is a CUDA device but is not one");
+  cd->make_current();
+  void* p = nullptr;
+  const cudaError_t st = cudaMallocHost(&p, bytes);
+  if (st != cudaSuccess) {
+    cudaGetLastError();
+    throw std::system_error(st == cudaErrorMemoryAllocation ? make_error_code(errc::out_of_memory)
+                                                            : make_error_code(errc::operation_failed),
+                            "cobatch: allocate_pinned(" + std::to_string(bytes) + " bytes for '" + d.name() +
+                                "'): cudaMallocHost: " + cudaGetErrorString(st));
+  }
+  std::memset(p, 0, bytes);
+  return pinned_buffer(std::make_unique<pinned_memory>(p), p, bytes);
+}
 
 }  // namespace cobatch::gpu::cuda::detail

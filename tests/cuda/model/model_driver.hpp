@@ -50,9 +50,8 @@ class step_driver {
     positions_ = i32(max_tokens);
     query_start_loc_ = i32(max_reqs + 1);
     seq_lens_ = i32(max_reqs);
-    block_begin_ = i32(max_reqs);
-    block_end_ = i32(max_reqs);
-    block_table_ = i32(max_reqs * pages_per_request);
+    block_indptr_ = i32(max_reqs + 1);
+    block_indices_ = i32(max_reqs * pages_per_request);
     req_slots_ = i32(max_reqs);
     sample_rows_ = i32(max_reqs);
     sample_index_ = i32(max_reqs);
@@ -72,9 +71,8 @@ class step_driver {
                                      positions_.data(),
                                      query_start_loc_.data(),
                                      seq_lens_.data(),
-                                     block_begin_.data(),
-                                     block_end_.data(),
-                                     block_table_.data(),
+                                     block_indptr_.data(),
+                                     block_indices_.data(),
                                      req_slots_.data(),
                                      sample_rows_.data(),
                                      sample_index_.data(),
@@ -95,7 +93,7 @@ class step_driver {
     using namespace cobatch;
     const auto reqs = static_cast<std::int32_t>(requests.size());
     if (reqs < 1 || reqs > io_.capacity_reqs) throw std::invalid_argument("step_driver: request count out of range");
-    std::vector<std::int32_t> ids, pos, qsl{0}, lens, begin, end, pages, slots, rows, index;
+    std::vector<std::int32_t> ids, pos, qsl{0}, lens, indptr{0}, pages, slots, rows, index;
     std::vector<float> temp, top_p;
     std::vector<std::uint64_t> seed;
     for (std::int32_t i = 0; i < reqs; ++i) {
@@ -108,9 +106,8 @@ class step_driver {
       lens.push_back(r.context_before + static_cast<std::int32_t>(r.tokens.size()));
       const std::int32_t n = engine::page_pool::pages_for(lens.back(), page_size);
       if (n > pages_per_request_) throw std::invalid_argument("step_driver: a request outgrew its pages");
-      begin.push_back(static_cast<std::int32_t>(pages.size()));
       for (std::int32_t p = 0; p < n; ++p) pages.push_back(i * pages_per_request_ + p);
-      end.push_back(static_cast<std::int32_t>(pages.size()));
+      indptr.push_back(static_cast<std::int32_t>(pages.size()));
       slots.push_back(i);
       rows.push_back(qsl.back() - 1);
       index.push_back(r.sample_index);
@@ -125,9 +122,8 @@ class step_driver {
     put(positions_, pos);
     put(query_start_loc_, qsl);
     put(seq_lens_, lens);
-    put(block_begin_, begin);
-    put(block_end_, end);
-    put(block_table_, pages);
+    put(block_indptr_, indptr);
+    put(block_indices_, pages);
     put(req_slots_, slots);
     put(sample_rows_, rows);
     put(sample_index_, index);
@@ -143,9 +139,8 @@ class step_driver {
     plan.page_size = page_size;
     plan.query_start_loc = qsl;
     plan.seq_lens = lens;
-    plan.block_begin = begin;
-    plan.block_end = end;
-    plan.block_table = pages;
+    plan.block_indptr = indptr;
+    plan.block_indices = pages;
     engine::ubatch slice;
     slice.token_end = tokens;
     slice.req_end = reqs;
@@ -178,8 +173,8 @@ class step_driver {
   std::int32_t pages_per_request_;
   // Declared before the model and the stream: freed after the stream (whose
   // destructor waits for its work) and the model that reads them.
-  cobatch::gpu::typed_buffer<std::int32_t> token_ids_, positions_, query_start_loc_, seq_lens_, block_begin_,
-      block_end_, block_table_, req_slots_, sample_rows_, sample_index_, counts_, dcp_, sampled_;
+  cobatch::gpu::typed_buffer<std::int32_t> token_ids_, positions_, query_start_loc_, seq_lens_, block_indptr_,
+      block_indices_, req_slots_, sample_rows_, sample_index_, counts_, dcp_, sampled_;
   cobatch::gpu::typed_buffer<float> temperature_, top_p_, logits_;
   cobatch::gpu::typed_buffer<std::uint64_t> seed_;
   cobatch::engine::ubatch_io io_;

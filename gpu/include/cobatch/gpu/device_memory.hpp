@@ -1,7 +1,8 @@
 // device_memory: memory a device's kernels read and write, whatever the
 // backend. An owning untyped buffer (device_buffer), a typed owning buffer
 // (typed_buffer<T>) and their non-owning view (device_span<T>, the `_ref` of
-// both). Each carries the backend it belongs to, so that the stream-ordered
+// both); and the host memory a device copies to and from without a bounce
+// (pinned_buffer: staging for a stream's host<->device copies). Each carries the backend it belongs to, so that the stream-ordered
 // copies and fills of copy.hpp can pick the backend's way of moving bytes
 // without the caller naming it.
 //
@@ -178,5 +179,49 @@ class typed_buffer {
   device_buffer raw_;
   std::size_t size_ = 0;
 };
+
+/// Owning handle to `size()` bytes of host memory that `d`'s stream-ordered
+/// copies (copy.hpp) read and write directly: page-locked memory from
+/// cudaMallocHost on the CUDA backend, so that a copy overlaps compute and
+/// the host thread does not wait for it (pageable memory goes through the
+/// runtime's bounce buffer); ordinary memory on the host backend, not counted
+/// against its device budget. Zeroed, aligned to 64 bytes. Destroying it frees
+/// the memory at once: copies that read or write it must have finished.
+class pinned_buffer {
+ public:
+  pinned_buffer() noexcept = default;
+  pinned_buffer(std::unique_ptr<detail::memory_holder> holder, void* data, std::size_t size) noexcept
+      : holder_(std::move(holder)), data_(data), size_(size) {}
+  pinned_buffer(pinned_buffer&& other) noexcept
+      : holder_(std::move(other.holder_)), data_(std::exchange(other.data_, nullptr)),
+        size_(std::exchange(other.size_, 0)) {}
+  pinned_buffer& operator=(pinned_buffer&& other) noexcept {
+    if (this != &other) {
+      holder_ = std::move(other.holder_);
+      data_ = std::exchange(other.data_, nullptr);
+      size_ = std::exchange(other.size_, 0);
+    }
+    return *this;
+  }
+  pinned_buffer(const pinned_buffer&) = delete;
+  pinned_buffer& operator=(const pinned_buffer&) = delete;
+  ~pinned_buffer() = default;
+
+  explicit operator bool() const noexcept { return data_ != nullptr; }
+  std::byte* data() const noexcept { return static_cast<std::byte*>(data_); }
+  std::size_t size() const noexcept { return size_; }
+  std::span<std::byte> bytes() const noexcept { return {data(), size_}; }
+
+ private:
+  std::unique_ptr<detail::memory_holder> holder_;
+  void* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+/// Allocates `bytes` (> 0) of host memory for `d`'s copies (pinned_buffer).
+/// Not for the hot path (cudaMallocHost is slow). Throws std::system_error:
+/// gpu::errc::out_of_memory when it cannot be had, gpu::errc::invalid_argument
+/// for 0 bytes or a device of a backend this build lacks.
+pinned_buffer allocate_pinned(device& d, std::size_t bytes);
 
 }  // namespace cobatch::gpu

@@ -9,9 +9,12 @@
 // capture makes replays read freed memory without any error (the class of
 // bug the check exists for).
 //
-// The plan is data: the host backend executes it with memcpy/memset
-// (execute_on_host); the GPU layer turns each op into an async copy and a
-// memset on the step's stream.
+// The plan is data: execute_on_host runs it with memcpy/memset where the
+// buffers are host memory. The step runner does not use the plan for its
+// copy-in: its buffers are device memory, filled from a staging block of the
+// same layout with one stream-ordered copy per step (step_runner.cpp); it
+// registers every field's device range here so that verify() still catches a
+// buffer that moved after capture.
 #pragma once
 
 #include <cstddef>

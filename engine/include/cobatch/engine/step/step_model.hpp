@@ -1,10 +1,12 @@
 // step_model: what the step runner needs from a model, and the buffers
 // through which it hands the model each micro-batch's inputs.
 //
-// The runner owns one set of persistent buffers per micro-batch slot (the
-// addresses never change, so graphs captured over them replay with new
-// contents) and copies each step's inputs into them on the stream. The model
-// reads them when its work runs, not when it is enqueued: sizes that change
+// The runner owns one set of persistent buffers per micro-batch slot, in the
+// memory of the runner's gpu::device (device memory on CUDA, plain host
+// memory on the host backend; the addresses never change, so graphs captured
+// over them replay with new contents) and copies each step's inputs into them
+// on the stream. The model reads them on the device when its work runs, not
+// on the host when it is enqueued: sizes that change
 // from step to step (real tokens, requests) come from io.counts, so one
 // captured graph serves every step padded to the same rung.
 //
@@ -28,24 +30,23 @@
 
 namespace cobatch::engine {
 
-/// One micro-batch slot's persistent buffers. Input rows past counts[0]
+/// One micro-batch slot's persistent buffers: memory of the runner's device
+/// (dereference them in the model's device work only; on the host backend
+/// that is a host function on the stream). Input rows past counts[0]
 /// (padding) hold token 0 at position 0 and belong to no request.
 struct ubatch_io {
   std::int32_t slot = 0;
   std::int32_t capacity_tokens = 0;  ///< rows of the per-token buffers
   std::int32_t capacity_reqs = 0;    ///< rows of the per-request buffers
-  std::int32_t capacity_pages = 0;   ///< entries of block_table
+  std::int32_t capacity_pages = 0;   ///< entries of block_indices
   std::int32_t vocab_size = 0;
 
   const std::int32_t* token_ids = nullptr;        ///< [capacity_tokens] resolved token ids
   const std::int32_t* positions = nullptr;        ///< [capacity_tokens]
   const std::int32_t* query_start_loc = nullptr;  ///< [capacity_reqs + 1] micro-batch-local offsets
   const std::int32_t* seq_lens = nullptr;         ///< [capacity_reqs] context incl. this step's tokens
-  const std::int32_t* block_begin = nullptr;      ///< [capacity_reqs] request i's pages: block_table[begin[i], end[i])
-  const std::int32_t* block_end = nullptr;        ///< [capacity_reqs] (rank 0's shard size; see step_plan)
-  /// [capacity_pages] KV page ids of every row, kept across steps and shared
-  /// by the slots; a step's copy-in writes only what its plan changed.
-  const std::int32_t* block_table = nullptr;
+  const std::int32_t* block_indptr = nullptr;     ///< [capacity_reqs + 1] request i's pages: block_indices[indptr[i], indptr[i+1])
+  const std::int32_t* block_indices = nullptr;    ///< [capacity_pages] KV page ids (rank 0's shard size; see step_plan)
   const std::int32_t* req_slots = nullptr;        ///< [capacity_reqs] the request's slot in the step (output index)
   const std::int32_t* sample_rows = nullptr;      ///< [capacity_reqs] local row whose logits are sampled, or -1
   const std::int32_t* sample_index = nullptr;     ///< [capacity_reqs] output index of that token (seeds its draw)

@@ -11,8 +11,9 @@
 // table rebuilt per step. A step writes only block_writes (the pages decodes
 // crossed into, the rows of admitted requests), so its cost follows what
 // changed, not the pages the running requests hold; a consumer that keeps a
-// copy of the table (the step runner's device-side one) applies those writes
-// and nothing else. Rows are ragged: a context costs the pages it holds, not
+// copy of the table applies those writes and nothing else (the step runner
+// does not yet: it packs each micro-batch's rows into that micro-batch's
+// input block, which its one host-to-device copy carries). Rows are ragged: a context costs the pages it holds, not
 // the longest. Under decode-context parallelism over W ranks, token position
 // p lives on rank p % W, in slot (p / W) % page_size of page
 // block_table[block_begin[i] + (p / W) / page_size]; a rank with a shorter

@@ -2,12 +2,15 @@
 //
 // A step, as the device sees it, on the compute stream:
 //
-//   [start mark] [copy-in: staged inputs -> persistent buffers, zero padding,
-//   token references resolved from the previous step's outputs]
+//   [start mark] [copy-in: one host->device copy of the inputs staged in
+//   pinned host memory into the persistent buffers (device memory), padding
+//   zeroed; a kernel resolving token references from the previous step's
+//   sampled tokens, on the device]
 //   micro-batch 0 and 1, interleaved by ubatch_scheduler: per graph stage a
 //   replay (captured on first use) or eager work, eager stages (attention),
 //   and collectives on the communication stream between switch points
-//   [copy-out: sampled tokens (and logits) -> the step's host slot] [end mark]
+//   [copy-out: device->host copies of the sampled tokens (and logits) into
+//   the step's pinned host slot] [end mark]
 //
 // launch() returns once all of that is enqueued, without waiting for the
 // device; collect() waits for the step's outputs. A serving loop launches
@@ -26,6 +29,7 @@
 #include <cobatch/engine/step/step_plan.hpp>
 #include <cobatch/engine/ubatch/ubatch_scheduler.hpp>
 #include <cobatch/gpu/device.hpp>
+#include <cobatch/gpu/device_memory.hpp>
 #include <cobatch/gpu/event.hpp>
 #include <cobatch/gpu/graph.hpp>
 #include <cobatch/gpu/stream_pool.hpp>
@@ -48,9 +52,7 @@ class timeline;
 struct runner_options {
   std::int32_t max_tokens = 2048;   ///< tokens per micro-batch (buffer rows), >= the ladder's top rung
   std::int32_t max_reqs = 256;      ///< requests per step
-  /// Entries of the block table the steps' plans keep
-  /// (block_table::capacity_for(pages) for a step_planner's).
-  std::int32_t max_pages = 0;
+  std::int32_t max_pages = 0;       ///< KV page ids one micro-batch may list (the pool's pages)
   std::int32_t max_ubatches = 2;
   /// Copy each sampled row's logits back too (tests compare them).
   bool keep_logits = false;
@@ -143,11 +145,9 @@ class step_runner {
   const graph_cache<segment_graphs>& graphs(std::int32_t slot) const;
 
  private:
-  struct slot_buffers;
-  struct staging;
+  struct input_layout;
   struct ring_entry;
-  void stage(const step_plan& plan, std::int32_t u, staging& st) const;
-  void stage_table(const step_plan& plan, ring_entry& e) const;
+  std::size_t stage(const step_plan& plan, std::int32_t u, ring_entry& e) const;
   void make_streams();
 
   asio::any_io_executor executor_;
@@ -156,21 +156,22 @@ class step_runner {
   runner_options options_;
   std::vector<stage_kind> stages_;
   std::vector<std::int32_t> collective_stage_;  // stage of the k-th collective
+  persistent_inputs inputs_;
+  std::unique_ptr<input_layout> layout_;
+  // The persistent buffers, in the device's memory: every slot's input block
+  // (layout_), the resolved token ids per slot, the step's sampled tokens
+  // (and logits) by step slot. Declared before the streams, which drain
+  // their work when destroyed, and the ring, whose staging they read.
+  gpu::typed_buffer<std::byte> inputs_dev_;
+  gpu::typed_buffer<std::int32_t> token_ids_dev_;
+  gpu::typed_buffer<std::int32_t> sampled_dev_;
+  gpu::typed_buffer<float> logits_dev_;
+  std::vector<ubatch_io> ios_;  // per slot: what the model was bound to
+  std::vector<std::unique_ptr<ring_entry>> ring_;
+  std::vector<graph_cache<segment_graphs>> caches_;
   std::unique_ptr<gpu::stream_pool> pool_;
   std::unique_ptr<ubatch_scheduler> scheduler_;
   timeline* trace_ = nullptr;
-  persistent_inputs inputs_;
-  std::vector<std::unique_ptr<slot_buffers>> slots_;
-  std::vector<graph_cache<segment_graphs>> caches_;
-  std::vector<std::int32_t> sampled_;  // the device's step outputs, by step slot
-  std::vector<float> logits_;
-  // The device-side copy of the plans' block table, shared by the slots:
-  // each launch stages the entries its plan wrote since table_step_'s, and
-  // the copy-in applies them on the stream (after the steps that read the
-  // old contents).
-  std::vector<std::int32_t> table_;
-  std::uint64_t table_step_ = 0;  // the step whose table the copy holds once the stream gets there; 0: none
-  std::vector<std::unique_ptr<ring_entry>> ring_;
   std::uint64_t launched_ = 0;
   runner_stats stats_;
 };
