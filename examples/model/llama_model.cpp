@@ -2,6 +2,7 @@
 
 #include <cobatch/engine/attention/dcp.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -127,9 +128,11 @@ void llama_model::plan(const engine::step_plan& step, std::int32_t, const engine
   for (std::int32_t j = slice.req_begin; j < slice.req_end; ++j) {
     const std::int32_t seq = slice.seq_lens[static_cast<std::size_t>(j - slice.req_begin)];
     const std::int32_t pages = engine::page_pool::pages_for(layout.local_length(seq), options_.page_size);
-    const std::int32_t first = step.block_indptr[static_cast<std::size_t>(j)];
-    table.add_request(std::span<const std::int32_t>(step.block_indices).subspan(static_cast<std::size_t>(first),
-                                                                                static_cast<std::size_t>(pages)));
+    // This rank's shard uses a prefix of the row; a short row is reported by
+    // the attention plan, which checks page counts against seq_lens.
+    const auto first = static_cast<std::size_t>(step.block_begin[static_cast<std::size_t>(j)]);
+    const auto held = static_cast<std::size_t>(step.block_end[static_cast<std::size_t>(j)]) - first;
+    table.add_request(step.block_table.subspan(first, std::min(held, static_cast<std::size_t>(pages))));
   }
   engine::attention_plan& p = sl.plans[sl.parity];
   sl.attention->plan({slice.as_batch(), table.view()}, p);

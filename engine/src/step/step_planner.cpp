@@ -41,7 +41,10 @@ step_planner::step_planner(planner_options options, dispatch_router router)
     : options_((check_options(options), options)),
       router_(std::move(router)),
       pages_(options.num_pages),
+      table_(options.num_pages),
+      tokens_per_page_(static_cast<std::int64_t>(options.page_size) * options.dcp_world),
       timing_(options.timing) {
+  new_pages_.reserve(static_cast<std::size_t>(options_.num_pages));
   seqs_.reserve(static_cast<std::size_t>(options_.max_running) * 2);
   running_.reserve(static_cast<std::size_t>(options_.max_running));
 }
@@ -86,13 +89,13 @@ bool step_planner::add(request_id id, generation_request request, step_updates& 
   s.state = seq_state::waiting;
   s.prompt_len = static_cast<std::int32_t>(request.prompt.size());
   s.tokens = std::move(request.prompt);
+  s.last_token = s.tokens.back();  // validate() refused an empty prompt
   // Room for the first outputs; a long generation grows it as it goes.
   s.tokens.reserve(static_cast<std::size_t>(s.prompt_len + std::min(request.max_tokens, 256)));
   s.max_tokens = request.max_tokens;
   s.computed = 0;
   s.generated = 0;
   s.num_pending = 0;
-  s.pages.clear();
   s.sampling = request.sampling;
   s.stop_tokens = std::move(request.stop_tokens);
   s.failures = 0;
@@ -116,7 +119,7 @@ void step_planner::cancel(request_id id) {
 void step_planner::finish(std::uint32_t h, finish_reason why, step_updates& out, std::error_code ec, std::string detail) {
   seq& s = seqs_[h];
   if (s.cancel_requested) --cancels_pending_;
-  give_back(s.pages);
+  give_back(h);
   if (s.state == seq_state::running) {
     running_.erase(std::find(running_.begin(), running_.end(), h));
   } else if (s.state == seq_state::waiting) {
@@ -131,15 +134,24 @@ void step_planner::finish(std::uint32_t h, finish_reason why, step_updates& out,
   --live_;
 }
 
-void step_planner::take_pages(std::int32_t n, std::vector<std::int32_t>& pages) {
+std::int32_t step_planner::more_pages(std::uint32_t h, std::int64_t tokens) const noexcept {
+  const std::int32_t held = table_.size(h);
+  // Most steps of a decode stay within its last page: no division then.
+  if (tokens <= held * tokens_per_page_) return 0;
+  return kv_pages_for(tokens, options_.page_size, options_.dcp_world) - held;
+}
+
+void step_planner::take_pages(std::int32_t n, std::uint32_t h) {
   if (n <= 0) return;
-  pages_.allocate(n, pages);  // callers checked available() first
+  new_pages_.clear();
+  pages_.allocate(n, new_pages_);  // callers checked available() first
+  table_.append(h, new_pages_);
   high_water_ = std::max(high_water_, pages_.num_pages() - pages_.available());
 }
 
-void step_planner::give_back(std::vector<std::int32_t>& pages) {
-  pages_.release(pages);
-  pages.clear();
+void step_planner::give_back(std::uint32_t h) {
+  pages_.release(table_.row(h));
+  table_.release(h);
 }
 
 void step_planner::enqueue_waiting(std::uint32_t h) {
@@ -158,7 +170,7 @@ void step_planner::insert_running(std::uint32_t h) {
 
 void step_planner::preempt(std::uint32_t h) {
   seq& s = seqs_[h];
-  give_back(s.pages);
+  give_back(h);
   s.computed = 0;
   if (s.state == seq_state::running) running_.erase(std::find(running_.begin(), running_.end(), h));
   s.state = seq_state::waiting;
@@ -175,16 +187,15 @@ bool step_planner::schedule(std::uint32_t h, std::int32_t chunk, step_plan& plan
   const auto known = static_cast<std::int32_t>(s.tokens.size());
   const std::int32_t end = s.computed + chunk;
   const std::int32_t known_end = std::min(end, known);
-  if (known_end > s.computed)
+  if (known_end == s.computed + 1 && known_end == known) {
+    plan.token_ids.push_back(s.last_token);  // a decode's input
+  } else if (known_end > s.computed) {
     plan.token_ids.insert(plan.token_ids.end(), s.tokens.begin() + s.computed, s.tokens.begin() + known_end);
+  }
   // Only the last token can be unknown: the one the previous step samples.
   if (end > known) plan.token_ids.push_back(token_ref(s.pending[s.num_pending - 1].slot));
   for (std::int32_t t = s.computed; t < end; ++t) plan.positions.push_back(t);
   plan.num_tokens += chunk;
-  plan.query_start_loc.push_back(plan.num_tokens);
-  plan.seq_lens.push_back(s.computed + chunk);
-  plan.block_indices.insert(plan.block_indices.end(), s.pages.begin(), s.pages.end());
-  plan.block_indptr.push_back(static_cast<std::int32_t>(plan.block_indices.size()));
   s.computed += chunk;
   s.scheduled_in = plan.step;
   if (samples) {
@@ -206,10 +217,15 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
   plan.requests.clear();
   plan.token_ids.clear();
   plan.positions.clear();
-  plan.query_start_loc.assign(1, 0);
+  plan.query_start_loc.clear();  // these four: filled by finalize()
   plan.seq_lens.clear();
-  plan.block_indptr.assign(1, 0);
-  plan.block_indices.clear();
+  plan.block_begin.clear();
+  plan.block_end.clear();
+  // The writes a launched plan handed out are in its consumers' copies now.
+  if (writes_handed_out_) {
+    table_.clear_writes();
+    writes_handed_out_ = false;
+  }
   plan.routes.clear();
   plan.admitted.clear();
   plan.preempted.clear();
@@ -248,9 +264,7 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
       continue;
     }
     const std::int32_t chunk = std::min(length - s.computed, left);
-    const std::int32_t need =
-        kv_pages_for(s.computed + chunk, options_.page_size, options_.dcp_world) -
-        static_cast<std::int32_t>(s.pages.size());
+    const std::int32_t need = more_pages(h, s.computed + chunk);
     bool self_preempted = false;
     while (need > pages_.available()) {
       const std::uint32_t victim = running_.back();
@@ -266,7 +280,7 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
       preempt(h);
       break;  // it was the youngest: nobody after it
     }
-    take_pages(need, s.pages);
+    take_pages(need, h);
     schedule(h, chunk, plan);
     left -= chunk;
     ++i;
@@ -279,10 +293,9 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
     seq& s = seqs_[h];
     if (s.num_pending > 0) break;  // preempted while its last token is on the way
     const std::int32_t chunk = std::min(s.length() - s.computed, left);
-    const std::int32_t need = kv_pages_for(s.computed + chunk, options_.page_size, options_.dcp_world) -
-                              static_cast<std::int32_t>(s.pages.size());
+    const std::int32_t need = more_pages(h, s.computed + chunk);
     if (need > pages_.available()) break;
-    take_pages(need, s.pages);
+    take_pages(need, h);
     waiting_.pop_front();
     s.state = seq_state::running;
     insert_running(h);
@@ -298,6 +311,27 @@ void step_planner::plan(std::int32_t token_budget, step_plan& plan, step_updates
 }
 
 void step_planner::finalize(step_plan& plan) {
+  // The per-request arrays in one pass once every request is scheduled, so
+  // that rows are named where they are after any move or compaction this
+  // step caused. The rows themselves stay in the table.
+  const std::size_t scheduled = plan.requests.size();
+  plan.query_start_loc.resize(scheduled + 1);
+  plan.seq_lens.resize(scheduled);
+  plan.block_begin.resize(scheduled);
+  plan.block_end.resize(scheduled);
+  plan.query_start_loc[0] = 0;
+  for (std::size_t i = 0; i < scheduled; ++i) {
+    const scheduled_request& r = plan.requests[i];
+    plan.query_start_loc[i + 1] = r.token_begin + r.num_tokens;
+    plan.seq_lens[i] = r.context_before + r.num_tokens;
+    const std::int32_t row = table_.begin(r.handle);
+    plan.block_begin[i] = row;
+    plan.block_end[i] = row + table_.size(r.handle);
+  }
+  plan.block_table = table_.entries();
+  const auto writes = table_.writes();
+  plan.block_writes.assign(writes.begin(), writes.end());
+  plan.block_base = table_step_;
   if (plan.requests.empty()) {
     plan.ubatches = ubatch_plan{};
     return;
@@ -318,6 +352,9 @@ void step_planner::finalize(step_plan& plan) {
                          : t.reason == timing_reason::best_effort ? sizing_reason::timing_best_effort
                                                                   : sizing_reason::no_timing_history;
   }
+  // Consumers copy this plan's table: the next plan's writes update it.
+  table_step_ = plan.step;
+  writes_handed_out_ = true;
   const std::int32_t n = std::min(plan.sizing.num_ubatches, plan.num_tokens);
   slice_batch(batch, {.num_ubatches = n, .padded_tokens = plan.num_tokens}, options_.slicing, plan.ubatches);
   for (std::int32_t u = 0; u < plan.ubatches.size(); ++u) {
@@ -341,6 +378,7 @@ void step_planner::commit(const step_plan& plan, std::span<const std::int32_t> s
     s.pending[0] = s.pending[1];
     --s.num_pending;
     s.tokens.push_back(token);
+    s.last_token = token;
     const auto first = static_cast<std::int32_t>(out.tokens.size());
     out.tokens.push_back(token);
     out.updates.push_back({s.id, first, 1, finish_reason::none, {}, {}});

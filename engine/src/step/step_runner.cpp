@@ -214,9 +214,24 @@ std::size_t step_runner::stage(const step_plan& plan, std::int32_t u, ring_entry
   if (run < real)
     throw_engine_error(errc::invalid_argument, detail::cat("step_runner: micro-batch ", u, " of step ", plan.step, " runs ", run,
                                                            " tokens for its ", real, " real ones"));
-  const std::int32_t first_page = plan.block_indptr[static_cast<std::size_t>(b.req_begin)];
-  const std::int32_t end_page = plan.block_indptr[static_cast<std::size_t>(b.req_end)];
-  const std::int32_t pages = end_page - first_page;
+  if (plan.block_begin.size() != plan.requests.size() || plan.block_end.size() != plan.requests.size())
+    throw_engine_error(errc::length_mismatch,
+                       detail::cat("step_runner: step ", plan.step, " has ", plan.num_reqs(), " requests, ",
+                                   plan.block_begin.size(), " block_begin and ", plan.block_end.size(), " block_end"));
+  // The plan names each request's row of its persistent block table; the
+  // micro-batch's CSR packs those rows into the slot's block (the one copy-in
+  // carries them with the rest).
+  const auto table_size = static_cast<std::int32_t>(plan.block_table.size());
+  std::int64_t pages = 0;
+  for (std::int32_t j = b.req_begin; j < b.req_end; ++j) {
+    const std::int32_t rb = plan.block_begin[static_cast<std::size_t>(j)];
+    const std::int32_t re = plan.block_end[static_cast<std::size_t>(j)];
+    if (rb < 0 || rb > re || re > table_size)
+      throw_engine_error(errc::invalid_argument,
+                         detail::cat("step_runner: step ", plan.step, " request ", j, "'s row [", rb, ", ", re,
+                                     ") is not in its block table of ", table_size, " entries"));
+    pages += re - rb;
+  }
   if (pages > options_.max_pages)
     throw_engine_error(errc::no_capacity, detail::cat("step_runner: micro-batch ", u, " of step ", plan.step, " lists ", pages,
                                                       " pages; the buffers hold ", options_.max_pages));
@@ -243,10 +258,17 @@ std::size_t step_runner::stage(const step_plan& plan, std::int32_t u, ring_entry
   std::copy(b.query_start_loc.begin(), b.query_start_loc.end(), input_layout::at<std::int32_t>(block, L.query_start_loc));
   std::copy(b.seq_lens.begin(), b.seq_lens.end(), input_layout::at<std::int32_t>(block, L.seq_lens));
   auto* indptr = input_layout::at<std::int32_t>(block, L.block_indptr);
-  for (std::int32_t j = b.req_begin; j <= b.req_end; ++j)
-    *indptr++ = plan.block_indptr[static_cast<std::size_t>(j)] - first_page;
-  std::copy(plan.block_indices.begin() + first_page, plan.block_indices.begin() + end_page,
-            input_layout::at<std::int32_t>(block, L.block_indices));
+  auto* indices = input_layout::at<std::int32_t>(block, L.block_indices);
+  std::int32_t at = 0;
+  *indptr++ = 0;
+  for (std::int32_t j = b.req_begin; j < b.req_end; ++j) {
+    const auto row = plan.block_table.subspan(static_cast<std::size_t>(plan.block_begin[static_cast<std::size_t>(j)]),
+                                              static_cast<std::size_t>(plan.block_end[static_cast<std::size_t>(j)] -
+                                                                       plan.block_begin[static_cast<std::size_t>(j)]));
+    std::copy(row.begin(), row.end(), indices + at);
+    at += static_cast<std::int32_t>(row.size());
+    *indptr++ = at;
+  }
   auto* req_slots = input_layout::at<std::int32_t>(block, L.req_slots);
   auto* sample_rows = input_layout::at<std::int32_t>(block, L.sample_rows);
   auto* sample_index = input_layout::at<std::int32_t>(block, L.sample_index);

@@ -139,8 +139,11 @@ class step_driver {
     plan.page_size = page_size;
     plan.query_start_loc = qsl;
     plan.seq_lens = lens;
-    plan.block_indptr = indptr;
-    plan.block_indices = pages;
+    // The plan names each request's row of a block table: here the pages
+    // list itself, row i being [indptr[i], indptr[i+1]).
+    plan.block_begin.assign(indptr.begin(), indptr.end() - 1);
+    plan.block_end.assign(indptr.begin() + 1, indptr.end());
+    plan.block_table = pages;
     engine::ubatch slice;
     slice.token_end = tokens;
     slice.req_end = reqs;

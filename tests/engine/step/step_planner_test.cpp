@@ -43,7 +43,9 @@ TEST_CASE("step_planner: chunked prefill within the budget, decodes first, arriv
   CHECK(plan.admitted == std::vector<request_id>{2});
   CHECK(plan.query_start_loc == std::vector<std::int32_t>{0, 4, 6});
   CHECK(plan.seq_lens == std::vector<std::int32_t>{10, 2});
-  CHECK(plan.block_indptr == std::vector<std::int32_t>{0, 3, 4});
+  REQUIRE(plan.block_begin.size() == 2);
+  CHECK(plan.block_end[0] - plan.block_begin[0] == 3);
+  CHECK(plan.block_end[1] - plan.block_begin[1] == 1);
   // The next step, planned before this one's tokens are known, refers to them.
   step_plan next;
   p.plan(6, next, out);

@@ -6,19 +6,29 @@
 // Layout (vLLM's): request i of the step owns tokens
 // [query_start_loc[i], query_start_loc[i+1]); seq_lens[i] counts its context
 // including this step's tokens; its KV pages are
-// block_indices[block_indptr[i], block_indptr[i+1]) (CSR, as the attention
-// layer's page_table: ragged contexts cost what they hold, not the longest). Under decode-context parallelism
-// over W ranks, token position p lives on rank p % W, in slot
-// (p / W) % page_size of page block_table[i][(p / W) / page_size].
+// block_table[block_begin[i], block_end[i]): CSR whose rows are ranges of a
+// table that persists from step to step (the planner's block_table), not a
+// table rebuilt per step. A step writes only block_writes (the pages decodes
+// crossed into, the rows of admitted requests), so its cost follows what
+// changed, not the pages the running requests hold; a consumer that keeps a
+// copy of the table applies those writes and nothing else (the step runner
+// does not yet: it packs each micro-batch's rows into that micro-batch's
+// input block, which its one host-to-device copy carries). Rows are ragged: a context costs the pages it holds, not
+// the longest. Under decode-context parallelism over W ranks, token position
+// p lives on rank p % W, in slot (p / W) % page_size of page
+// block_table[block_begin[i] + (p / W) / page_size]; a rank with a shorter
+// shard reads a prefix of the row.
 #pragma once
 
 #include <cobatch/engine/batch.hpp>
 #include <cobatch/engine/dispatch/dispatch_router.hpp>
+#include <cobatch/engine/step/block_table.hpp>
 #include <cobatch/engine/step/request.hpp>
 #include <cobatch/engine/ubatch/ubatch_sizing.hpp>
 #include <cobatch/engine/ubatch/ubatch_slicing.hpp>
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 namespace cobatch::engine {
@@ -57,8 +67,15 @@ class step_plan {
   std::vector<std::int32_t> positions;      ///< num_tokens
   std::vector<std::int32_t> query_start_loc;
   std::vector<std::int32_t> seq_lens;
-  std::vector<std::int32_t> block_indptr;   ///< requests.size() + 1
-  std::vector<std::int32_t> block_indices;
+  std::vector<std::int32_t> block_begin;  ///< requests.size(): first entry of request i's row in block_table
+  std::vector<std::int32_t> block_end;    ///< requests.size(): one past its last (rank 0's page count)
+  /// Every row's pages, borrowed from the planner: valid, and unchanged,
+  /// until its next plan() (a launch copies what it needs).
+  std::span<const std::int32_t> block_table;
+  /// Entries of block_table written since the table of step block_base; with
+  /// block_base 0 (no earlier table, or one not launched) a copy takes it whole.
+  std::vector<block_range> block_writes;
+  std::uint64_t block_base = 0;
 
   ubatch_plan ubatches;
   std::vector<dispatch_route> routes;  ///< one per micro-batch

@@ -1,6 +1,8 @@
 // step_planner: the scheduler's state (waiting and running requests, their
 // KV pages) and the planning of one step from it. Pure CPU, no device call,
-// no allocation in steady state.
+// no allocation in steady state. The requests' pages live in a block_table
+// kept across steps: a step's cost follows the requests it schedules and the
+// pages that changed, not the pages the running requests hold.
 //
 // Per step, in this order:
 //   1. cancelled requests leave and free their pages;
@@ -26,6 +28,7 @@
 #include <cobatch/engine/dispatch/dispatch_router.hpp>
 #include <cobatch/engine/attention/dcp.hpp>
 #include <cobatch/engine/attention/paged_kv_cache.hpp>
+#include <cobatch/engine/step/block_table.hpp>
 #include <cobatch/engine/step/request.hpp>
 #include <cobatch/engine/step/step_plan.hpp>
 #include <cobatch/engine/ubatch/ubatch_sizing.hpp>
@@ -133,6 +136,8 @@ class step_planner {
   std::size_t live() const noexcept { return live_; }
   const planner_options& options() const noexcept { return options_; }
   const page_pool& pages() const noexcept { return pages_; }
+  /// Every running request's pages (row = scheduled_request::handle).
+  const engine::block_table& table() const noexcept { return table_; }
   std::int32_t pages_high_water() const noexcept { return high_water_; }
   const dispatch_router& router() const noexcept { return router_; }
 
@@ -147,13 +152,15 @@ class step_planner {
     std::uint64_t arrival = 0;
     seq_state state = seq_state::free;
     std::vector<std::int32_t> tokens;  // known to the host
+    // tokens.back(), beside the fields a step reads: a decode's input comes
+    // from here, not from a separate heap block per request (a cache miss each).
+    std::int32_t last_token = 0;
     std::int32_t prompt_len = 0;
     std::int32_t max_tokens = 0;
     std::int32_t computed = 0;   // tokens whose KV is (being) written
     std::int32_t generated = 0;  // outputs sampled, known or not
     pending_token pending[2]{};  // outputs sampled but not known on the host, oldest first
     std::int32_t num_pending = 0;
-    std::vector<std::int32_t> pages;
     sampling_params sampling;
     std::vector<std::int32_t> stop_tokens;
     std::int32_t failures = 0;
@@ -166,8 +173,10 @@ class step_planner {
   std::uint32_t new_seq();
   void finish(std::uint32_t h, finish_reason why, step_updates& out, std::error_code ec = {}, std::string detail = {});
   void preempt(std::uint32_t h);
-  void take_pages(std::int32_t n, std::vector<std::int32_t>& pages);
-  void give_back(std::vector<std::int32_t>& pages);
+  /// Pages request h must add to hold `tokens` tokens (rank 0's shard).
+  std::int32_t more_pages(std::uint32_t h, std::int64_t tokens) const noexcept;
+  void take_pages(std::int32_t n, std::uint32_t h);
+  void give_back(std::uint32_t h);
   void enqueue_waiting(std::uint32_t h);
   void insert_running(std::uint32_t h);
   bool schedule(std::uint32_t h, std::int32_t chunk, step_plan& plan);
@@ -176,6 +185,11 @@ class step_planner {
   planner_options options_;
   dispatch_router router_;
   page_pool pages_;
+  engine::block_table table_;
+  std::vector<std::int32_t> new_pages_;
+  std::int64_t tokens_per_page_;  // tokens of a request one page of its row covers: page_size x dcp_world
+  std::uint64_t table_step_ = 0;  // the last non-empty plan: its table is what block_writes update
+  bool writes_handed_out_ = false;
   std::int32_t high_water_ = 0;
   step_timing_model timing_;
   std::vector<seq> seqs_;
