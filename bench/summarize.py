@@ -133,8 +133,10 @@ TARGETS = {
 # are: key -> description.
 SERVER_KEYS = {
     "health_rps": "GET /health requests per second, 64 connections (wrk)",
-    "server_tokens_per_s_1": "generated tokens per second, 1 client, 'small' model shape",
-    "server_tokens_per_s_64": "generated tokens per second, 64 concurrent clients, 'small' model shape",
+    "server_tokens_per_s_1": "generated tokens per second, 1 client, 'small' model shape (server counter, steady window)",
+    "server_tokens_per_s_64": "generated tokens per second, 64 concurrent clients, 'small' model shape (server counter)",
+    "server_completed_tokens_per_s_1": "the same from wrk's completed answers, 1 client",
+    "server_completed_tokens_per_s_64": "the same from wrk's completed answers, 64 clients (moves in waves of 64)",
     "server_batching_gain": "tokens/s at 64 clients over tokens/s at 1 client, 'small' model shape",
     "server_tokens_per_s_1_tiny": "generated tokens per second, 1 client, 'tiny' model shape",
     "server_tokens_per_s_64_tiny": "generated tokens per second, 64 concurrent clients, 'tiny' model shape",
