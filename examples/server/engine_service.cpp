@@ -81,7 +81,7 @@ struct engine_service::impl {
     eo.planner.max_running = options.max_running;
     eo.planner.num_pages = options.kv_pages;
     eo.planner.page_size = options.page_size;
-    eo.planner.ubatches = {1, options.max_ubatches};
+    eo.planner.ubatches = {1, effective_max_ubatches(options)};
     if (options.token_budget > 0) eo.fixed_budget = options.token_budget;
     eo.tuner.min_budget = std::min(options.min_token_budget, eo.tuner.max_budget);
     eo.tuner.target_step_time = options.target_step_time;

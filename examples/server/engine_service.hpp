@@ -39,7 +39,8 @@ struct engine_options {
   model_source model;
   std::string model_id;          ///< the name clients send as "model"; empty: derived
   std::int32_t dcp_ranks = 1;    ///< decode-context-parallel ranks (in-process)
-  std::int32_t max_ubatches = 2; ///< micro-batches a step may be split into
+  /// Micro-batches a step may be split into; 0: chosen by effective_max_ubatches().
+  std::int32_t max_ubatches = 0;
   std::int32_t max_running = 256;
   std::int32_t kv_pages = 4096;  ///< KV pages per rank
   std::int32_t page_size = 16;   ///< tokens per page
@@ -54,6 +55,16 @@ struct engine_options {
   std::int32_t min_token_budget = 256;
   std::chrono::milliseconds target_step_time{50};
 };
+
+/// The micro-batch limit a server runs with. Micro-batches exist so that one
+/// micro-batch's collective (the DCP ranks' exchange of attention partials)
+/// overlaps another's compute. With one rank there is nothing to overlap, and
+/// splitting a step only runs every weight matrix twice over half the rows:
+/// 1 then, 2 with more ranks, unless `max_ubatches` says otherwise.
+inline std::int32_t effective_max_ubatches(const engine_options& o) noexcept {
+  if (o.max_ubatches > 0) return o.max_ubatches;
+  return o.dcp_ranks > 1 ? 2 : 1;
+}
 
 struct generation_params {
   std::vector<std::int32_t> prompt;

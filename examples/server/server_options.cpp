@@ -57,7 +57,9 @@ continuously, tokens streamed back as server-sent events.
                             GPU) (default tiny)
   --model-id NAME           the model name clients send (default: derived)
   --dcp-ranks N             decode-context-parallel ranks, in-process (default 1)
-  --micro-batches N         most micro-batches a step is split into (default 2)
+  --micro-batches N         most micro-batches a step is split into (default:
+                            2 with more than one DCP rank, so that one's
+                            exchange overlaps the other's compute; else 1)
   --max-running N           most requests in the running batch (default 256)
   --kv-pages N              KV cache pages per rank: the memory limit (default 4096)
   --page-size N             tokens per KV page (default 16)

@@ -43,6 +43,13 @@ TEST_CASE("server options: the model's source and shape", "[server][options]") {
   CHECK(parse({"--blas-threads", "3"}).engine.blas_threads == 3);
 }
 
+TEST_CASE("server options: micro-batches split a step only where a collective overlaps", "[server][options]") {
+  CHECK(effective_max_ubatches(parse({}).engine) == 1);
+  CHECK(effective_max_ubatches(parse({"--dcp-ranks", "2"}).engine) == 2);
+  CHECK(effective_max_ubatches(parse({"--micro-batches", "3"}).engine) == 3);
+  CHECK(effective_max_ubatches(parse({"--dcp-ranks", "2", "--micro-batches", "1"}).engine) == 1);
+}
+
 TEST_CASE("server options: bad values name the option and the value", "[server][options]") {
   CHECK(error_of({"--model-shape", "huge"}) == "--model-shape: expected 'tiny' or 'small', got 'huge'");
   CHECK_THAT(error_of({"--model", "weights.bin"}), Catch::Contains("--model") && Catch::Contains("weights.bin"));
