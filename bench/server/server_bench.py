@@ -5,7 +5,8 @@
 
 - health_rps: GET /health with wrk, 64 connections, 2 threads.
 - server_batching_gain: generated tokens per second with 64 concurrent
-  clients (wrk, non-streaming completions) over the same with 1 client, on
+  clients (wrk, non-streaming completions) over the same with 1 client
+  (medians of 3 alternating rounds of each), on
   a second server running the reference model's 'small' shape (46 MB of
   weights). The default 'tiny' shape's weights stay in cache, so a lone
   decode costs what its arithmetic costs and batching has little to
@@ -202,26 +203,41 @@ def p99_ttft(port, model, clients, seconds, max_tokens):
 
 
 def batching_gain(args):
-    """Tokens/s at 64 clients over 1 client, on a server of the gain shape."""
+    """Tokens/s at 64 clients over 1 client, on a server of the gain shape.
+
+    The two loads alternate for --gain-rounds rounds and each side's figure is
+    the median of its rounds: on a 2-core machine one 1-client run varies by
+    a third from run to run (the BLAS threads, wrk and the server share the
+    cores), which a single pair of runs would hand straight to the ratio.
+    """
     proc, port, model = start_server(os.path.abspath(args.server),
                                      ["--max-queue", "1024", "--model-shape", args.gain_shape, *args.server_arg])
-    result = {"server_gain_shape": args.gain_shape, "server_gain_max_tokens": args.gain_max_tokens}
+    result = {"server_gain_shape": args.gain_shape, "server_gain_max_tokens": args.gain_max_tokens,
+              "server_gain_rounds": args.gain_rounds}
     try:
         # The tuner starts at its floor and climbs; let it settle first.
         warm = tokens_per_second(port, model, 64, 3, args.gain_max_tokens)
-        one = tokens_per_second(port, model, 1, args.gain_seconds, args.gain_max_tokens)
-        many = tokens_per_second(port, model, 64, args.gain_seconds, args.gain_max_tokens)
-        result["server_tokens_per_s_1"] = one["tokens_per_s"]
-        result["server_tokens_per_s_64"] = many["tokens_per_s"]
-        result["server_batching_gain"] = many["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else None
-        result["server_completed_tokens_per_s_1"] = one["completed_tokens_per_s"]
-        result["server_completed_tokens_per_s_64"] = many["completed_tokens_per_s"]
+        runs = {1: [], 64: []}
+        for _ in range(args.gain_rounds):
+            for clients in (1, 64):
+                runs[clients].append(tokens_per_second(port, model, clients, args.gain_seconds, args.gain_max_tokens))
+        median = {c: statistics.median(r["tokens_per_s"] for r in runs[c]) for c in runs}
+        completed = {c: statistics.median(r["completed_tokens_per_s"] for r in runs[c]) for c in runs}
+        result["server_tokens_per_s_1"] = median[1]
+        result["server_tokens_per_s_64"] = median[64]
+        result["server_tokens_per_s_1_runs"] = [r["tokens_per_s"] for r in runs[1]]
+        result["server_tokens_per_s_64_runs"] = [r["tokens_per_s"] for r in runs[64]]
+        result["server_batching_gain"] = median[64] / median[1] if median[1] else None
+        result["server_completed_tokens_per_s_1"] = completed[1]
+        result["server_completed_tokens_per_s_64"] = completed[64]
         gain = result["server_batching_gain"]
-        print(f"{args.gain_shape} shape: tokens/s 1 client {one['tokens_per_s']:.1f}, 64 clients "
-              f"{many['tokens_per_s']:.1f}, gain {'none' if gain is None else f'{gain:.2f}'} (completed answers: "
-              f"{one['completed_tokens_per_s']:.1f} and {many['completed_tokens_per_s']:.1f})", flush=True)
-        result["errors"] = warm["errors"] + one["errors"] + many["errors"]
-        result["overloaded"] = warm["overloaded"] + one["overloaded"] + many["overloaded"]
+        print(f"{args.gain_shape} shape: tokens/s 1 client {median[1]:.1f}, 64 clients {median[64]:.1f} "
+              f"(medians of {args.gain_rounds}), gain {'none' if gain is None else f'{gain:.2f}'}; rounds: "
+              f"{', '.join(f'{r:.0f}' for r in result['server_tokens_per_s_1_runs'])} and "
+              f"{', '.join(f'{r:.0f}' for r in result['server_tokens_per_s_64_runs'])}", flush=True)
+        every = [warm, *runs[1], *runs[64]]
+        result["errors"] = sum(r["errors"] for r in every)
+        result["overloaded"] = sum(r["overloaded"] for r in every)
     finally:
         result["server_gain_exit_status"] = stop_server(proc)
     return result
@@ -235,7 +251,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--server-arg", action="append", default=[])
     ap.add_argument("--gain-shape", default="small", help="model shape of the batching-gain server")
-    ap.add_argument("--gain-seconds", type=int, default=12)
+    ap.add_argument("--gain-seconds", type=int, default=8)
+    ap.add_argument("--gain-rounds", type=int, default=3)
     ap.add_argument("--gain-max-tokens", type=int, default=64)
     args = ap.parse_args()
     ensure_prometheus_client()
