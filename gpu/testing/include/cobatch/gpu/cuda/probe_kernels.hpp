@@ -36,8 +36,10 @@ void scale_copy(const float* in, float* out, std::size_t n, float scale, stream_
 void empty(stream_ref s);
 
 /// A launch CUDA rejects (a block larger than any device allows), for
-/// testing how failures reach awaiting code: the stream fails with
-/// cudaErrorInvalidConfiguration. The device and other streams are unharmed.
+/// testing how failures reach awaiting code: the stream fails with the
+/// runtime's refusal (cudaErrorInvalidConfiguration up to CUDA 12,
+/// cudaErrorInvalidValue from CUDA 13). The device and other streams are
+/// unharmed.
 void invalid_launch(stream_ref s);
 
 /// The architecture the probe kernels run as on the current device, as
