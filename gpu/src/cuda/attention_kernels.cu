@@ -422,7 +422,7 @@ struct raw8<float> {
 // G query heads of the KV head's group at once, so each K/V row is read once
 // for all of them (GQA). D / 8 lanes share a token, 8 elements each, so a
 // warp reads 32 / (D / 8) whole token rows per load; each lane has U tokens'
-// K and V in flight while it works on the U before them. Each lane keeps an online softmax over the tokens it
+// K and V in flight. Each lane keeps an online softmax over the tokens it
 // saw; lanes, then warps, are combined at the end.
 template <class T, int D, int G>
 __global__ void __launch_bounds__(warp * warps_per_block) paged_attention_vec_kernel(kernels::paged_attention_args a) {
@@ -477,11 +477,14 @@ __global__ void __launch_bounds__(warp * warps_per_block) paged_attention_vec_ke
   }
 
   constexpr int per_warp = tokens_per_load * U;
-  auto load_tile = [&](long long base, raw8<T> (&k)[U], raw8<T> (&v)[U]) {
+  for (long long base = begin + static_cast<long long>(wid) * per_warp; base < end; base += W * per_warp) {
+    raw8<T> k[U], v[U];
+    bool valid[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const long long t = base + u * tokens_per_load + slot;
-      if (t < end) {
+      valid[u] = t < end;
+      if (valid[u]) {
         const std::size_t page = static_cast<std::size_t>(req_pages[t / a.page_size]);
         const T* kp = pages + page * 2 * half_page + static_cast<std::size_t>(t % a.page_size) * token_stride +
                       static_cast<std::size_t>(kvh) * D + sub * 8;
@@ -492,18 +495,6 @@ __global__ void __launch_bounds__(warp * warps_per_block) paged_attention_vec_ke
         v[u] = raw8<T>{};
       }
     }
-  };
-  // Double-buffered: the next tile's loads are issued before this tile's
-  // arithmetic, so a warp always has a tile of K/V in flight.
-  raw8<T> k[U], v[U];
-  long long base = begin + static_cast<long long>(wid) * per_warp;
-  if (base < end) load_tile(base, k, v);
-  for (; base < end; base += W * per_warp) {
-    raw8<T> next_k[U], next_v[U];
-    if (base + W * per_warp < end) load_tile(base + W * per_warp, next_k, next_v);
-    bool valid[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) valid[u] = base + u * tokens_per_load + slot < end;
     float s[U][G];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -542,11 +533,6 @@ __global__ void __launch_bounds__(warp * warps_per_block) paged_attention_vec_ke
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[g][e] += pu * vf[e];
       }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      k[u] = next_k[u];
-      v[u] = next_v[u];
     }
   }
 
