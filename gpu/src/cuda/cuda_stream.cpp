@@ -222,7 +222,14 @@ bool cuda_stream::capturing() const noexcept {
 }
 
 void cuda_stream::attach(std::shared_ptr<const fence_guard> guard, std::shared_ptr<CUevent_st> done) {
-  live_guards();
+  // Pruning queries an event per guard: on every attach it made issuing a
+  // collective O(n) in those in flight on the stream. Pruned when the list
+  // has doubled since the last prune, attaching is O(1) amortised; a fence
+  // still prunes fully (scope()) before it copies the list.
+  if (guards_.size() >= prune_guards_at_) {
+    live_guards();
+    prune_guards_at_ = std::max(min_guard_prune, 2 * guards_.size());
+  }
   guards_.push_back({std::move(guard), std::move(done)});
 }
 

@@ -617,7 +617,10 @@ class nccl_comm final : public gpu::detail::communicator_impl {
       return;
     }
     try {
-      state_->wait_issued(what);
+      // ncclSuccess from a non-blocking communicator means enqueued; only
+      // ncclInProgress leaves the enqueue to finish in the background. (An
+      // injected failure, for the failure tests, takes the waiting path.)
+      if (r == ncclInProgress || injected_enqueue_failure) state_->wait_issued(what);
     } catch (const std::system_error& e) {
       // Accepted, perhaps enqueued, then failed: the stream must say so, or
       // a wait on it would succeed once the aborted kernel returns.
