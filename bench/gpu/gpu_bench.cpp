@@ -232,6 +232,9 @@ double measure_host_function(int iterations, loop_wait how) {
 /// all-reduce, so the figure is the issuing path and not the transfer.
 struct nccl_result {
   double init_nonblocking_ms, init_blocking_ms, issue_nonblocking_ns, issue_blocking_ns;
+  // Where the non-blocking side's time goes: NCCL's own non-blocking
+  // communicator with the baseline's calls, and single calls cobatch adds.
+  double issue_bare_nonblocking_ns, capture_info_ns, async_error_ns, event_record_ns;
 };
 
 nccl_result measure_nccl(int iterations) {
@@ -290,6 +293,48 @@ nccl_result measure_nccl(int iterations) {
     if (i * batch >= warmup) samples.push_back(ns_between(a, b) / batch);
   }
   out.issue_blocking_ns = median(samples);
+
+  // Per call, median over batches of 64, like the two sides above.
+  auto per_call = [&](auto&& call) {
+    std::vector<double> xs;
+    for (int i = 0; i < (warmup + iterations) / batch + 1; ++i) {
+      const auto a = clock_type::now();
+      for (int k = 0; k < batch; ++k) call();
+      const auto b = clock_type::now();
+      COBATCH_CUDA_CHECK(cudaStreamSynchronize(native));
+      if (i * batch >= warmup) xs.push_back(ns_between(a, b) / batch);
+    }
+    return median(xs);
+  };
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclUniqueId id{};
+  COBATCH_NCCL_CHECK(ncclGetUniqueId(&id));
+  ncclComm_t nonblocking = nullptr;
+  auto settle = [&](ncclResult_t r) {
+    ncclResult_t state = r;
+    while (state == ncclInProgress) COBATCH_NCCL_CHECK(ncclCommGetAsyncError(nonblocking, &state));
+    COBATCH_NCCL_CHECK(state);
+  };
+  settle(ncclCommInitRankConfig(&nonblocking, 1, id, 0, &config));
+  out.issue_bare_nonblocking_ns = per_call([&] {
+    COBATCH_CUDA_CHECK(cudaEventRecord(start, native));
+    settle(ncclAllReduce(buf.data(), buf.data(), 1, ncclFloat32, ncclSum, nonblocking, native));
+    COBATCH_CUDA_CHECK(cudaEventRecord(end, native));
+  });
+  out.capture_info_ns = per_call([&] {
+    cudaStreamCaptureStatus status{};
+    unsigned long long capture = 0;
+    COBATCH_CUDA_CHECK(cudaStreamGetCaptureInfo(native, &status, &capture));
+  });
+  out.async_error_ns = per_call([&] {
+    ncclResult_t state = ncclSuccess;
+    COBATCH_NCCL_CHECK(ncclCommGetAsyncError(nonblocking, &state));
+  });
+  out.event_record_ns = per_call([&] { COBATCH_CUDA_CHECK(cudaEventRecord(start, native)); });
+  COBATCH_CUDA_CHECK(cudaStreamSynchronize(native));
+  ncclCommAbort(nonblocking);
+
   cudaEventDestroy(start);
   cudaEventDestroy(end);
   ncclCommDestroy(blocking);
@@ -611,6 +656,11 @@ int main(int argc, char** argv) {
                        "host cost per one-element all_reduce through cobatch (non-blocking, watched), median"});
     figures.push_back({"nccl_issue_blocking_ns", nccl.issue_blocking_ns, "ns",
                        "host cost per ncclAllReduce on a blocking communicator plus start/end events, median"});
+    figures.push_back({"nccl_issue_bare_nonblocking_ns", nccl.issue_bare_nonblocking_ns, "ns",
+                       "the same calls on a non-blocking communicator of NCCL's own, no watching, median"});
+    figures.push_back({"cuda_capture_info_ns", nccl.capture_info_ns, "ns", "one cudaStreamGetCaptureInfo, median"});
+    figures.push_back({"nccl_async_error_ns", nccl.async_error_ns, "ns", "one ncclCommGetAsyncError, median"});
+    figures.push_back({"cuda_event_record_ns", nccl.event_record_ns, "ns", "one cudaEventRecord, median"});
 #endif
     figures.push_back({"gpu_lse_merge_ms", attention.merge_ms, "ms",
                        "LSE merge kernel, 8 shards x 4096 tokens x 32 heads x 128, f32 (median)"});
