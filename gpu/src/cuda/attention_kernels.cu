@@ -430,18 +430,15 @@ __global__ void __launch_bounds__(warp * warps_per_block) paged_attention_vec_ke
   constexpr int tokens_per_load = warp / lanes_per_token;
   constexpr int U = 4;
   constexpr int W = warps_per_block;
-  // The KV heads vary fastest over the grid, so that the blocks running
-  // together read every head of the same tokens: whole 2 KB token rows
-  // rather than 256-byte pieces of many.
-  const int w = static_cast<int>(blockIdx.y);
+  const int w = static_cast<int>(blockIdx.x);
   const attention_work_item item = a.work != nullptr ? a.work[w] : attention_work_item{w, 0, a.requests[w].kv_len, -1};
   const attention_request req = a.requests[item.request];
-  const int j = blockIdx.z;
+  const int j = blockIdx.y;
   if (j >= req.q_len) return;
   const int group = a.num_qo_heads / a.num_kv_heads;
   const int tiles = (group + G - 1) / G;
-  const int kvh = static_cast<int>(blockIdx.x) / tiles;
-  const int first = (static_cast<int>(blockIdx.x) % tiles) * G;  // first head of the tile, within the group
+  const int kvh = static_cast<int>(blockIdx.z) / tiles;
+  const int first = (static_cast<int>(blockIdx.z) % tiles) * G;  // first head of the tile, within the group
   const int head0 = kvh * group + first;
   const int lane = threadIdx.x % warp;
   const int wid = threadIdx.x / warp;
@@ -679,13 +676,13 @@ int paged_attention(const kernels::paged_attention_args& a, void* stream) {
   const dim3 grid(static_cast<unsigned>(a.num_work), static_cast<unsigned>(a.max_q_len),
                   static_cast<unsigned>((a.num_qo_heads + warps_per_block - 1) / warps_per_block));
   const dim3 block(warp * warps_per_block);
-  if (aligned16(a.q) && aligned16(a.kv_pages) && a.num_kv_heads > 0 && a.num_work <= 65535) {
+  if (aligned16(a.q) && aligned16(a.kv_pages) && a.num_kv_heads > 0) {
     // The query heads of a KV head go in tiles of G: 1 or 2 for small
     // groups, else 4 (a group of 8 is read twice, from L2 the second time).
     const int group = a.num_qo_heads / a.num_kv_heads;
     auto launch_vec = [&](auto g) {
       constexpr int G = decltype(g)::value;
-      const dim3 vgrid(static_cast<unsigned>(a.num_kv_heads * ((group + G - 1) / G)), grid.x, grid.y);
+      const dim3 vgrid(grid.x, grid.y, static_cast<unsigned>(a.num_kv_heads * ((group + G - 1) / G)));
       return with_element_type(a.storage, [&](auto t) {
         return with_head_dim(a.head_dim, [&](auto d) {
           return detail::launch_kernel(paged_attention_vec_kernel<decltype(t), decltype(d)::value, G>, vgrid, block,
