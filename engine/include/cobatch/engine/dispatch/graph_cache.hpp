@@ -110,15 +110,23 @@ class graph_cache {
   /// Allocation-free. Returns nullptr on a miss.
   entry* find(graph_key key) noexcept {
     const std::uint32_t i = index_.find(key.bits());
-    if (i == detail::flat_key_index::npos) {
+    entry* e = i == detail::flat_key_index::npos ? nullptr : &slots_[i];
+    count_lookup(e);
+    return e;
+  }
+
+  /// Counts a lookup whose result peek() just gave, as find() would have
+  /// (a hit for `e`, which becomes the most recently used; a miss for
+  /// nullptr), without looking the key up again. `e` must come from this
+  /// cache with nothing inserted or evicted since.
+  void count_lookup(entry* e) noexcept {
+    if (e == nullptr) {
       ++stats_.misses;
-      return nullptr;
+      return;
     }
     ++stats_.hits;
-    entry& e = slots_[i];
-    ++e.hits_;
-    e.last_use_ = ++clock_;
-    return &e;
+    ++e->hits_;
+    e->last_use_ = ++clock_;
   }
 
   /// Uncounted lookup that leaves the recency order alone.

@@ -143,7 +143,9 @@ class graph_dispatcher {
   /// until capture_if_missing() captures it.
   decision dispatch(dispatch_key step, dispatch_options options = {}, stream_placement placement = {}) {
     decision d = preview(step, options, placement);
-    commit(d);
+    // preview()'s lookup stands for the counted one: one hash probe, not two.
+    if (d.route.mode != dispatch_mode::eager) caches_[index(d.stream)].count_lookup(d.entry);
+    count(d);
     return d;
   }
 
@@ -167,13 +169,7 @@ class graph_dispatcher {
   void commit(decision& d) noexcept {
     if (d.accounting != decision_accounting::uncounted) return;
     if (d.route.mode != dispatch_mode::eager) d.entry = caches_[index(d.stream)].find(d.route.graph());
-    if (d.needs_capture()) {
-      stats_.record_uncaptured();
-      d.accounting = decision_accounting::uncaptured;
-    } else {
-      stats_.record_dispatch(d.route.mode);
-      d.accounting = decision_accounting::counted;
-    }
+    count(d);
   }
 
   /// Registers the functions run() calls. Throws engine_error
@@ -337,6 +333,18 @@ class graph_dispatcher {
   const dispatch_stats& stats() const noexcept { return stats_; }
 
  private:
+  // A counted decision is a dispatch in its mode, or uncaptured while its
+  // graph is missing.
+  void count(decision& d) noexcept {
+    if (d.needs_capture()) {
+      stats_.record_uncaptured();
+      d.accounting = decision_accounting::uncaptured;
+    } else {
+      stats_.record_dispatch(d.route.mode);
+      d.accounting = decision_accounting::counted;
+    }
+  }
+
   static std::size_t index(stream_index s) noexcept { return static_cast<std::size_t>(s); }
   void require_runners() const {
     if (!runners_.eager) [[unlikely]]
