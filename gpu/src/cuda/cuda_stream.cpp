@@ -222,13 +222,10 @@ bool cuda_stream::capturing() const noexcept {
 }
 
 void cuda_stream::attach(std::shared_ptr<const fence_guard> guard, std::shared_ptr<CUevent_st> done) {
-  // Pruning queries an event per guard: on every attach it made issuing a
-  // collective O(n) in those in flight on the stream. Pruned when the list
-  // has doubled since the last prune, attaching is O(1) amortised; a fence
-  // still prunes fully (scope()) before it copies the list.
-  if (guards_.size() >= prune_guards_at_) {
+  // A fence still prunes fully (scope()) before it copies the list.
+  if (prune_.due(guards_.size())) {
     live_guards();
-    prune_guards_at_ = std::max(min_guard_prune, 2 * guards_.size());
+    prune_.pruned(guards_.size());
   }
   guards_.push_back({std::move(guard), std::move(done)});
 }

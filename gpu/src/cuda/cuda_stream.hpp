@@ -12,6 +12,7 @@
 #include "cuda_graph.hpp"
 #include "device_state.hpp"
 #include "event_pool.hpp"
+#include "prune_schedule.hpp"
 #include "record_scope.hpp"
 
 #include <cuda_runtime.h>
@@ -78,8 +79,7 @@ class cuda_stream : public gpu::detail::stream_impl {
 
   // Touched only by the thread driving the stream.
   std::vector<guard_entry> guards_;
-  static constexpr std::size_t min_guard_prune = 32;
-  std::size_t prune_guards_at_ = min_guard_prune;  // guards_'s size that triggers the next prune in attach
+  prune_schedule prune_;  // when attach() prunes guards_
   std::vector<upstream> upstreams_;
   const std::uint64_t order_stream_ = coro::new_order_stream();
   std::uint64_t positions_ = 0;

@@ -7,6 +7,7 @@
 #include "cobatch/gpu/error.hpp"
 #include "cuda_stream.hpp"
 #include "nccl_fault.hpp"
+#include "prune_schedule.hpp"
 
 #include <nccl.h>
 
@@ -245,8 +246,7 @@ class comm_state {
   std::mutex mutex_;  // the issuing thread, the poller and abort take turns on comm_
   std::mutex live_mutex_;  // guards live_
   std::vector<std::weak_ptr<collective_guard>> live_;
-  static constexpr std::size_t min_prune = 32;
-  std::size_t prune_at_ = min_prune;  // live_'s size that triggers the next prune
+  detail::prune_schedule prune_;  // when track() prunes live_
   std::optional<allocation> scratch_;
   bool aborted_ = false;
   std::atomic<bool> failed_{false};
@@ -403,17 +403,12 @@ void comm_state::abort_locked() noexcept {
 
 void comm_state::track(const std::shared_ptr<collective_guard>& g) {
   std::lock_guard lock(live_mutex_);
-  // Pruning queries an event per entry. Pruning on every call made issuing
-  // O(n) in the collectives in flight (64 queued all-reduces cost 2.5x a
-  // bare ncclAllReduce each); pruning only when the list has doubled since
-  // the last prune keeps it O(1) amortised and the list at most twice the
-  // unfinished collectives (plus a floor).
-  if (live_.size() >= prune_at_) {
+  if (prune_.due(live_.size())) {
     std::erase_if(live_, [](const std::weak_ptr<collective_guard>& w) {
       auto p = w.lock();
       return !p || p->finished();
     });
-    prune_at_ = std::max(min_prune, 2 * live_.size());
+    prune_.pruned(live_.size());
   }
   live_.push_back(g);
 }

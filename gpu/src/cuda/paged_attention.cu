@@ -11,16 +11,43 @@ namespace {
 
 using namespace device;
 
+// One query row j of work item w: its request, its pages, and the local KV
+// tokens [begin, end) it attends to (causal, this rank's DCP shard, the
+// item's chunk). Both kernels start from it; a row past the request's query
+// (j >= req.q_len) has nothing to do.
+struct query_span {
+  attention_work_item item;
+  attention_request req;
+  const std::int32_t* pages;  ///< the request's page indices
+  long long begin, end;
+  std::size_t row;  ///< the query row in the batch
+};
+
+__device__ __forceinline__ query_span query_span_of(const kernels::paged_attention_args& a, int w, int j) {
+  query_span s;
+  s.item = a.work != nullptr ? a.work[w] : attention_work_item{w, 0, a.requests[w].kv_len, -1};
+  s.req = a.requests[s.item.request];
+  s.pages = a.kv_indices + s.req.page_begin;
+  const long long p = static_cast<long long>(s.req.seq_len) - s.req.q_len + j;
+  const long long visible = visible_prefix(p, a.dcp_world, a.dcp_rank, a.dcp_interleave);
+  s.end = visible < s.item.kv_end ? visible : s.item.kv_end;
+  s.begin = s.item.kv_begin;
+  s.row = static_cast<std::size_t>(s.req.q_begin + j);
+  return s;
+}
+
 // One warp per (query row, query head). D is the head dim (64 or 128): each
 // lane holds D / 32 of the query and of the accumulator.
 template <class T, int D>
 __global__ void paged_attention_kernel(kernels::paged_attention_args a) {
   constexpr int per_lane = D / warp;
-  const int w = static_cast<int>(blockIdx.x);
-  const attention_work_item item = a.work != nullptr ? a.work[w] : attention_work_item{w, 0, a.requests[w].kv_len, -1};
-  const attention_request req = a.requests[item.request];
   const int j = blockIdx.y;
-  if (j >= req.q_len) return;
+  const query_span span = query_span_of(a, static_cast<int>(blockIdx.x), j);
+  if (j >= span.req.q_len) return;
+  const attention_work_item& item = span.item;
+  const std::int32_t* req_pages = span.pages;
+  const long long begin = span.begin, end = span.end;
+  const std::size_t row = span.row;
   const int lane = threadIdx.x % warp;
   const int head = blockIdx.z * warps_per_block + threadIdx.x / warp;
   if (head >= a.num_qo_heads) return;
@@ -30,12 +57,6 @@ __global__ void paged_attention_kernel(kernels::paged_attention_args a) {
   const int kvh = head / group;
   const std::size_t token_stride = static_cast<std::size_t>(a.num_kv_heads) * D;
   const std::size_t half_page = static_cast<std::size_t>(a.page_size) * token_stride;
-  const std::int32_t* req_pages = a.kv_indices + req.page_begin;
-  const long long p = static_cast<long long>(req.seq_len) - req.q_len + j;
-  const long long visible = visible_prefix(p, a.dcp_world, a.dcp_rank, a.dcp_interleave);
-  const long long end = visible < item.kv_end ? visible : item.kv_end;
-  const long long begin = item.kv_begin;
-  const std::size_t row = static_cast<std::size_t>(req.q_begin + j);
 
   __shared__ float qs[warps_per_block][D];
   float* qw = qs[threadIdx.x / warp];
@@ -145,11 +166,13 @@ __global__ void __launch_bounds__(warp * warps_per_block) paged_attention_vec_ke
   constexpr int tokens_per_load = warp / lanes_per_token;
   constexpr int U = 4;
   constexpr int W = warps_per_block;
-  const int w = static_cast<int>(blockIdx.x);
-  const attention_work_item item = a.work != nullptr ? a.work[w] : attention_work_item{w, 0, a.requests[w].kv_len, -1};
-  const attention_request req = a.requests[item.request];
   const int j = blockIdx.y;
-  if (j >= req.q_len) return;
+  const query_span span = query_span_of(a, static_cast<int>(blockIdx.x), j);
+  if (j >= span.req.q_len) return;
+  const attention_work_item& item = span.item;
+  const std::int32_t* req_pages = span.pages;
+  const long long begin = span.begin, end = span.end;
+  const std::size_t row = span.row;
   const int group = a.num_qo_heads / a.num_kv_heads;
   const int tiles = (group + G - 1) / G;
   const int kvh = static_cast<int>(blockIdx.z) / tiles;
@@ -163,12 +186,6 @@ __global__ void __launch_bounds__(warp * warps_per_block) paged_attention_vec_ke
   const T* pages = static_cast<const T*>(a.kv_pages);
   const std::size_t token_stride = static_cast<std::size_t>(a.num_kv_heads) * D;
   const std::size_t half_page = static_cast<std::size_t>(a.page_size) * token_stride;
-  const std::int32_t* req_pages = a.kv_indices + req.page_begin;
-  const long long p = static_cast<long long>(req.seq_len) - req.q_len + j;
-  const long long visible = visible_prefix(p, a.dcp_world, a.dcp_rank, a.dcp_interleave);
-  const long long end = visible < item.kv_end ? visible : item.kv_end;
-  const long long begin = item.kv_begin;
-  const std::size_t row = static_cast<std::size_t>(req.q_begin + j);
 
   float q[G][8];
 #pragma unroll
