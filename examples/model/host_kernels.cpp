@@ -4,6 +4,8 @@
 
 #include "sampling.hpp"
 
+#include <cobatch/gpu/detail/host_simd.hpp>
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -17,26 +19,77 @@ namespace cobatch::model {
 
 namespace {
 
-// y[rows][out] = x[rows][in] * w[out][in]^T
-void matmul(const float* x, const std::vector<float>& w, float* y, std::int32_t rows, std::int32_t in, std::int32_t out) {
+using gpu::detail::f32x4;
+using gpu::detail::load4;
+using gpu::detail::store4;
+
+// y[rows][out] = x[rows][in] * w[out][in]^T + beta * y. beta 1 is a residual
+// add fused into the product, as the CUDA kernels do it: no second pass over
+// y, and OpenBLAS skips its pass that scales y by beta.
+void matmul(const float* x, const std::vector<float>& w, float* y, std::int32_t rows, std::int32_t in, std::int32_t out,
+            float beta = 0.0f) {
   if (rows <= 0) return;
   if (rows == 1) {
     // One row (a lone decode): sgemm would first pack all of w, reading and
     // writing it once more than the product itself reads it.
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w.data(), in, x, 1, 0.0f, y, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w.data(), in, x, 1, beta, y, 1);
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, in, w.data(), in, 0.0f, y, out);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, x, in, w.data(), in, beta, y, out);
 }
 
-void rms_norm(const float* x, const std::vector<float>& w, float* y, std::int32_t rows, std::int32_t n, float eps) {
+// The elementwise work below runs on the stream's one thread while the BLAS
+// threads wait for the next product, so a batched decode waits on it twice:
+// built twice (COBATCH_HOST_CLONES) and four floats at a time.
+
+// Sum of squares, in 16 float lanes added in double at the end.
+COBATCH_HOST_CLONES void rms_norm(const float* x, const std::vector<float>& w, float* y, std::int32_t rows,
+                                  std::int32_t n, float eps) {
+  const auto len = static_cast<std::size_t>(n);
   for (std::int32_t r = 0; r < rows; ++r) {
     const float* xr = x + static_cast<std::ptrdiff_t>(r) * n;
     float* yr = y + static_cast<std::ptrdiff_t>(r) * n;
+    f32x4 part[4] = {};
+    std::size_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+      for (std::size_t k = 0; k < 4; ++k) {
+        const f32x4 v = load4(xr + i + 4 * k);
+        part[k] += v * v;
+      }
+    }
     double ss = 0.0;
-    for (std::int32_t i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    for (; i < len; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    for (const f32x4& p : part)
+      for (int k = 0; k < 4; ++k) ss += p[k];
     const auto inv = static_cast<float>(1.0 / std::sqrt(ss / n + eps));
-    for (std::int32_t i = 0; i < n; ++i) yr[i] = xr[i] * inv * w[static_cast<std::size_t>(i)];
+    i = 0;
+    for (; i + 4 <= len; i += 4) store4(yr + i, load4(xr + i) * inv * load4(w.data() + i));
+    for (; i < len; ++i) yr[i] = xr[i] * inv * w[i];
+  }
+}
+
+// g = silu(g) * u (SwiGLU). sigmoid(x) from e = exp(-|x|), whose argument is
+// never positive: 1 / (1 + e) for x >= 0, e / (1 + e) below. -|x| under -87
+// is taken as -87, where e ~ 1e-38 no longer moves the sum 1 + e.
+COBATCH_HOST_CLONES void swiglu(float* g, const float* u, std::size_t n) {
+  using gpu::detail::abs4;
+  using gpu::detail::exp_nonpositive;
+  using gpu::detail::select;
+  constexpr f32x4 one = {1.0f, 1.0f, 1.0f, 1.0f};
+  constexpr f32x4 floor = {-87.0f, -87.0f, -87.0f, -87.0f};
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const f32x4 x = load4(g + i);
+    f32x4 a = -abs4(x);
+    a = select(a > floor, a, floor);  // NaN too: x carries it into the result
+    const f32x4 e = exp_nonpositive(a);
+    const f32x4 sigmoid = select(x >= 0.0f, one, e) / (one + e);
+    store4(g + i, x * sigmoid * load4(u + i));
+  }
+  for (; i < n; ++i) {
+    const float x = g[i];
+    const float e = exp_nonpositive(std::max(-std::fabs(x), -87.0f));
+    g[i] = x * ((x >= 0.0f ? 1.0f : e) / (1.0f + e)) * u[i];
   }
 }
 
@@ -102,20 +155,13 @@ class host_kernels final : public llama_kernels {
     s.enqueue([this, &a, layer, rows] {
       const llama_config& c = w_->config;
       const llama_layer_weights& L = w_->layers[static_cast<std::size_t>(layer)];
-      const auto n = static_cast<std::size_t>(rows) * static_cast<std::size_t>(c.hidden);
-      matmul(a.attn.data(), L.wo, a.tmp.data(), rows, c.q_dim(), c.hidden);
       float* x = a.x.data();
-      const float* t = a.tmp.data();
-      for (std::size_t i = 0; i < n; ++i) x[i] += t[i];
+      matmul(a.attn.data(), L.wo, x, rows, c.q_dim(), c.hidden, 1.0f);  // x += attn Wo^T
       rms_norm(x, L.mlp_norm, a.xn.data(), rows, c.hidden, c.rms_eps);
       matmul(a.xn.data(), L.w_gate, a.gate.data(), rows, c.hidden, c.intermediate);
       matmul(a.xn.data(), L.w_up, a.up.data(), rows, c.hidden, c.intermediate);
-      float* g = a.gate.data();
-      const float* u = a.up.data();
-      const auto m = static_cast<std::size_t>(rows) * static_cast<std::size_t>(c.intermediate);
-      for (std::size_t i = 0; i < m; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];  // SwiGLU
-      matmul(g, L.w_down, a.tmp.data(), rows, c.intermediate, c.hidden);
-      for (std::size_t i = 0; i < n; ++i) x[i] += t[i];
+      swiglu(a.gate.data(), a.up.data(), static_cast<std::size_t>(rows) * static_cast<std::size_t>(c.intermediate));
+      matmul(a.gate.data(), L.w_down, x, rows, c.intermediate, c.hidden, 1.0f);  // x += h Wdown^T
     });
   }
 

@@ -26,10 +26,10 @@
 namespace cobatch::model {
 
 /// One micro-batch slot's activations, in the device's memory: per token
-/// rows (x, xn, q, k, v, attn, gate, up, tmp) and per request rows (rows: the
+/// rows (x, xn, q, k, v, attn, gate, up) and per request rows (rows: the
 /// final norm of the sampled rows, logits).
 struct llama_activations {
-  gpu::typed_buffer<float> x, xn, q, k, v, attn, gate, up, tmp, rows, logits;
+  gpu::typed_buffer<float> x, xn, q, k, v, attn, gate, up, rows, logits;
   /// What a backend keeps besides (the CUDA sampler's workspace).
   gpu::device_buffer workspace;
   /// The host sampler's scratch (host kernels only).

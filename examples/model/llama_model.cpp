@@ -93,7 +93,6 @@ void llama_model::bind(const engine::ubatch_io& io) {
   s->io = io;
   s->a.x = gpu::typed_buffer<float>(*device_, T * static_cast<std::size_t>(c.hidden));
   s->a.xn = gpu::typed_buffer<float>(*device_, T * static_cast<std::size_t>(c.hidden));
-  s->a.tmp = gpu::typed_buffer<float>(*device_, T * static_cast<std::size_t>(c.hidden));
   s->a.q = gpu::typed_buffer<float>(*device_, T * static_cast<std::size_t>(c.q_dim()));
   s->a.attn = gpu::typed_buffer<float>(*device_, T * static_cast<std::size_t>(c.q_dim()));
   s->a.k = gpu::typed_buffer<float>(*device_, T * static_cast<std::size_t>(c.kv_dim()));

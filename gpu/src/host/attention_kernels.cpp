@@ -1,6 +1,7 @@
 // The host backend's attention kernels: plain loops, f32 accumulation. They
 // are the reference the CUDA kernels are tested against, and what every CPU
 // test runs.
+#include "cobatch/gpu/detail/host_simd.hpp"
 #include "cobatch/gpu/error.hpp"
 #include "cobatch/gpu/float16.hpp"
 #include "cobatch/gpu/kernels/attention_kernels.hpp"
@@ -24,11 +25,20 @@
 namespace cobatch::gpu::kernels::host {
 namespace {
 
+using detail::exp_nonpositive;
+using detail::f32x4;
+using detail::finite4;
+using detail::i32x4;
+using detail::load4;
+using detail::pow2;
+using detail::select;
+using detail::store4;
+
 constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
-inline float load(const float* p, std::size_t i) noexcept { return p[i]; }
-inline float load(const bf16* p, std::size_t i) noexcept { return p[i].to_float(); }
-inline float load(const f16* p, std::size_t i) noexcept { return p[i].to_float(); }
+COBATCH_ALWAYS_INLINE float load(const float* p, std::size_t i) noexcept { return p[i]; }
+COBATCH_ALWAYS_INLINE float load(const bf16* p, std::size_t i) noexcept { return p[i].to_float(); }
+COBATCH_ALWAYS_INLINE float load(const f16* p, std::size_t i) noexcept { return p[i].to_float(); }
 
 inline void put(float* p, std::size_t i, float x) noexcept { p[i] = x; }
 inline void put(bf16* p, std::size_t i, float x) noexcept { p[i] = bf16::from_float(x); }
@@ -37,7 +47,7 @@ inline void put(f16* p, std::size_t i, float x) noexcept { p[i] = f16::from_floa
 // Calls fn with a value of the element type of `type` (f32, bf16 or f16): the
 // one place a data_type becomes a C++ type.
 template <class Fn>
-void with_element_type(data_type type, const char* what, Fn&& fn) {
+COBATCH_ALWAYS_INLINE void with_element_type(data_type type, const char* what, Fn&& fn) {
   switch (type) {
     case data_type::f32: fn(float{}); return;
     case data_type::bf16: fn(bf16{}); return;
@@ -58,7 +68,7 @@ void store_row(void* dst, std::size_t offset, const float* src, std::size_t n, d
 
 /// Local KV tokens of this rank whose global position is <= p: a prefix of
 /// the local tokens, since local-to-global is increasing.
-inline std::int64_t visible_prefix(std::int64_t p, std::int32_t world, std::int32_t rank,
+COBATCH_ALWAYS_INLINE std::int64_t visible_prefix(std::int64_t p, std::int32_t world, std::int32_t rank,
                                    std::int32_t interleave) noexcept {
   const std::int64_t len = p + 1;
   const std::int64_t stride = static_cast<std::int64_t>(interleave) * world;
@@ -73,7 +83,7 @@ constexpr std::size_t dot_lanes = 8;
 
 // D is the head dimension when fixed at compile time (64, 128), 0 otherwise.
 template <std::size_t D>
-inline float dot(const float* __restrict x, const float* __restrict y, std::size_t d) noexcept {
+COBATCH_ALWAYS_INLINE float dot(const float* __restrict x, const float* __restrict y, std::size_t d) noexcept {
   static_assert(D % dot_lanes == 0, "a fixed head dim leaves no tail");
   const std::size_t n = D != 0 ? D : d;
   float part[dot_lanes] = {};
@@ -90,65 +100,20 @@ inline float dot(const float* __restrict x, const float* __restrict y, std::size
 }
 
 template <std::size_t D>
-inline void axpy(float w, const float* __restrict x, float* __restrict y, std::size_t d) noexcept {
+COBATCH_ALWAYS_INLINE void axpy(float w, const float* __restrict x, float* __restrict y, std::size_t d) noexcept {
   const std::size_t n = D != 0 ? D : d;
   for (std::size_t i = 0; i < n; ++i) y[i] += w * x[i];
-}
-
-// Four floats (or int32s) as one SSE register, by the GCC and Clang vector
-// extension: the LSE merge's weights, four rows at a time. 16 bytes is the
-// baseline of x86-64 (SSE2) and AArch64 (NEON), so such a value never changes
-// a calling convention whatever the function is built for (32-byte vectors do
-// where AVX is off, which GCC and Clang warn about).
-using f32x4 = float __attribute__((vector_size(16)));
-using i32x4 = std::int32_t __attribute__((vector_size(16)));
-
-inline f32x4 load4(const float* p) noexcept {
-  f32x4 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store4(float* p, f32x4 v) noexcept { std::memcpy(p, &v, sizeof v); }
-/// yes where mask is all ones, no where it is 0 (mask from a vector compare).
-inline f32x4 select(i32x4 mask, f32x4 yes, f32x4 no) noexcept {
-  return std::bit_cast<f32x4>((mask & std::bit_cast<i32x4>(yes)) | (~mask & std::bit_cast<i32x4>(no)));
-}
-/// All ones where x is neither infinite nor NaN: an integer test of the
-/// exponent bits (a float compare against infinity is also a test for NaN).
-inline i32x4 finite4(f32x4 x) noexcept { return (std::bit_cast<i32x4>(x) & 0x7f800000) != 0x7f800000; }
-
-// 2^n for an integral n in [-126, 0], built in the exponent bits.
-inline float pow2(float n) noexcept { return std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23); }
-inline f32x4 pow2(f32x4 n) noexcept { return std::bit_cast<f32x4>((__builtin_convertvector(n, i32x4) + 127) << 23); }
-
-// exp(x) for x in [-87, 0], in a form the compiler can vectorise (std::exp
-// is a library call per element): x = n ln2 + r with |r| <= ln2/2, exp(r) by
-// Cephes' expf polynomial (about 1 ulp), 2^n put into the exponent bits. F is
-// float or f32x4. exp(-87) ~ 1e-38 is the smallest result.
-template <class F>
-inline F exp_nonpositive(F x) noexcept {
-  constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-  constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const F n = (x * log2e + round_magic) - round_magic;
-  const F r = x - n * ln2_hi - n * ln2_lo;
-  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const F e = p * r * r + r + 1.0f;
-  return e * pow2(n);
 }
 
 // exp(x) for the softmax's x = score - max <= 0. x below -87 is taken as
 // -87: exp(-87) ~ 1e-38 weighs nothing beside the max's exp(0) = 1 in the
 // same sum.
-inline float softmax_exp(float x) noexcept { return exp_nonpositive(std::max(x, -87.0f)); }
+COBATCH_ALWAYS_INLINE float softmax_exp(float x) noexcept { return exp_nonpositive(std::max(x, -87.0f)); }
 
 // A K or V row as floats: the row itself for f32, else converted into `tmp`.
-inline const float* as_floats(const float* row, float* /*tmp*/, std::size_t /*n*/) noexcept { return row; }
+COBATCH_ALWAYS_INLINE const float* as_floats(const float* row, float* /*tmp*/, std::size_t /*n*/) noexcept { return row; }
 template <class T>
-const float* as_floats(const T* row, float* tmp, std::size_t n) noexcept {
+COBATCH_ALWAYS_INLINE const float* as_floats(const T* row, float* tmp, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i) tmp[i] = row[i].to_float();
   return tmp;
 }
@@ -160,7 +125,7 @@ const float* as_floats(const T* row, float* tmp, std::size_t n) noexcept {
 // scores of every head, then per head the max and one exp pass, then the V
 // rows weighted into the accumulators.
 template <class T, std::size_t D>
-void attention_typed(const paged_attention_args& a) {
+COBATCH_ALWAYS_INLINE void attention_typed(const paged_attention_args& a) {
   const auto* q = static_cast<const T*>(a.q);
   const auto* pages = static_cast<const T*>(a.kv_pages);
   const std::size_t d = D != 0 ? D : static_cast<std::size_t>(a.head_dim);
@@ -282,8 +247,11 @@ float merge_row(std::int32_t n, std::size_t d, OutAt out_i, LseAt lse_i, float* 
 
 }  // namespace
 
-void paged_attention(const paged_attention_args& a) {
-  with_element_type(a.storage, "paged attention", [&](auto tag) {
+// Built twice, for AVX2 with FMA and for the baseline (COBATCH_HOST_CLONES):
+// a batched decode's attention runs on the stream's one thread while the
+// other cores wait for the next matrix product.
+COBATCH_HOST_CLONES void paged_attention(const paged_attention_args& a) {
+  with_element_type(a.storage, "paged attention", [&](auto tag) COBATCH_ALWAYS_INLINE_LAMBDA {
     using T = decltype(tag);
     switch (a.head_dim) {
       case 64: attention_typed<T, 64>(a); return;
@@ -326,9 +294,8 @@ namespace {
 // largest one, gets weight 0: they are told apart here, and only here, so the
 // sums need no test per element. Inlined into each clone of lse_merge, so
 // that it is built with the clone's instructions (FMA).
-__attribute__((always_inline)) inline void block_weights(float* w, std::size_t block, std::size_t n,
-                                                         std::int64_t rows, const lse_merge_args& a,
-                                                         std::int64_t r0) noexcept {
+COBATCH_ALWAYS_INLINE void block_weights(float* w, std::size_t block, std::size_t n, std::int64_t rows,
+                                         const lse_merge_args& a, std::int64_t r0) noexcept {
   constexpr f32x4 none = {neg_inf, neg_inf, neg_inf, neg_inf};
   constexpr f32x4 zero = {0.0f, 0.0f, 0.0f, 0.0f};
   for (std::int64_t j = 0; j < rows; j += 4) {
@@ -442,17 +409,9 @@ inline void sum_row(std::size_t n, std::size_t d, const float* w, std::size_t w_
 // stores would first read every line of it from memory (a tenth more
 // traffic with 8 shards).
 //
-// Built twice, for x86-64-v3 (AVX2 and FMA) and for the baseline, and chosen
-// at load time by the CPU (GCC's target_clones): the sums must keep up with
-// memcpy's wide loads. Not under the sanitizers: the clones' resolver runs
-// while the program is relocated, before a sanitizer's runtime is up, and
-// ThreadSanitizer's instrumented resolver crashes there (every test of the
-// engine with it).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && \
-    !defined(__SANITIZE_THREAD__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-void lse_merge(const lse_merge_args& a) {
+// Built twice, for AVX2 with FMA and for the baseline (COBATCH_HOST_CLONES):
+// the sums must keep up with memcpy's wide loads.
+COBATCH_HOST_CLONES void lse_merge(const lse_merge_args& a) {
   const std::size_t d = static_cast<std::size_t>(a.head_dim);
   const std::size_t n = static_cast<std::size_t>(a.num_shards);
   // Rows per block, a multiple of 4. Longer blocks measured faster than 64
