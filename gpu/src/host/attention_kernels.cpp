@@ -77,6 +77,65 @@ COBATCH_ALWAYS_INLINE std::int64_t visible_prefix(std::int64_t p, std::int32_t w
   return full * interleave + std::clamp<std::int64_t>(rest, 0, interleave);
 }
 
+// Eight floats, the width of an AVX register, read and written through a
+// type of alignment 4 that may alias floats (as the intrinsics headers'
+// __m256_u). Used only as local values, never passed to or returned from a
+// function, so that their calling convention never depends on whether AVX is
+// on; where it is off (the baseline clone) the compiler splits each into two
+// SSE operations.
+using f32x8 = float __attribute__((vector_size(32)));
+using f32x8_unaligned = float __attribute__((vector_size(32), aligned(4), may_alias));
+
+// The scores of eight tokens for one query head: q against the K rows k,
+// k + stride, ..., k + 7 stride, times scale, into out[0..8). Summing one
+// product's lanes costs a horizontal reduction per score; the eight
+// accumulators instead reduce together, in three rounds of pairwise sums
+// (hadd), to one vector of the eight scores. d is a multiple of 8.
+template <std::size_t D>
+COBATCH_ALWAYS_INLINE void scores8(const float* q, const float* k, std::size_t stride, std::size_t d, float scale,
+                                   float* out) noexcept {
+  const std::size_t n = D != 0 ? D : d;
+  f32x8 acc[8] = {};
+  for (std::size_t i = 0; i < n; i += 8) {
+    const f32x8 qv = *reinterpret_cast<const f32x8_unaligned*>(q + i);
+    for (std::size_t t = 0; t < 8; ++t) acc[t] += qv * *reinterpret_cast<const f32x8_unaligned*>(k + t * stride + i);
+  }
+  // hadd(a, b): within each 128-bit half, [a0+a1, a2+a3, b0+b1, b2+b3].
+  auto hadd = [](const f32x8& x, const f32x8& y, f32x8& r) COBATCH_ALWAYS_INLINE_LAMBDA {
+    r = __builtin_shufflevector(x, y, 0, 2, 8, 10, 4, 6, 12, 14) + __builtin_shufflevector(x, y, 1, 3, 9, 11, 5, 7, 13, 15);
+  };
+  f32x8 h01, h23, h45, h67, g0, g1;
+  hadd(acc[0], acc[1], h01);
+  hadd(acc[2], acc[3], h23);
+  hadd(acc[4], acc[5], h45);
+  hadd(acc[6], acc[7], h67);
+  hadd(h01, h23, g0);  // [t0 t1 t2 t3 | t0 t1 t2 t3], each a half's sum
+  hadd(h45, h67, g1);  // the same for t4..t7
+  const f32x8 sum = __builtin_shufflevector(g0, g1, 0, 1, 2, 3, 8, 9, 10, 11) +
+                    __builtin_shufflevector(g0, g1, 4, 5, 6, 7, 12, 13, 14, 15);
+  *reinterpret_cast<f32x8_unaligned*>(out) = sum * scale;
+}
+
+// acc[0..w) += sum over tokens t in [0, count) of wt[t] * v[t * stride + ..]:
+// one query head's weighted V rows, w (<= 64, a multiple of 8) columns kept
+// in registers across the tokens and written once.
+COBATCH_ALWAYS_INLINE void weighted_rows(const float* wt, const float* v, std::size_t stride, std::size_t count,
+                                         std::size_t w, float* acc) noexcept {
+  constexpr std::size_t lanes = 8, most = 8;
+  f32x8 sum[most] = {};
+  const std::size_t vecs = w / lanes;
+  for (std::size_t j = 0; j < most; ++j)
+    if (j < vecs) sum[j] = *reinterpret_cast<const f32x8_unaligned*>(acc + j * lanes);
+  for (std::size_t t = 0; t < count; ++t) {
+    const float x = wt[t];
+    const float* row = v + t * stride;
+    for (std::size_t j = 0; j < most; ++j)
+      if (j < vecs) sum[j] += x * *reinterpret_cast<const f32x8_unaligned*>(row + j * lanes);
+  }
+  for (std::size_t j = 0; j < most; ++j)
+    if (j < vecs) *reinterpret_cast<f32x8_unaligned*>(acc + j * lanes) = sum[j];
+}
+
 // Partial sums of a dot product: independent lanes the compiler may keep in
 // vector registers (one float sum is a serial chain it must not reorder).
 constexpr std::size_t dot_lanes = 8;
@@ -105,12 +164,41 @@ COBATCH_ALWAYS_INLINE void axpy(float w, const float* __restrict x, float* __res
   for (std::size_t i = 0; i < n; ++i) y[i] += w * x[i];
 }
 
-// exp(x) for the softmax's x = score - max <= 0. x below -87 is taken as
-// -87: exp(-87) ~ 1e-38 weighs nothing beside the max's exp(0) = 1 in the
-// same sum.
-COBATCH_ALWAYS_INLINE float softmax_exp(float x) noexcept { return exp_nonpositive(std::max(x, -87.0f)); }
+// One head's scores s[0..n) become exp(s - max), four at a time; max and
+// the sum of the exps are returned. A score below max - 87 is taken as
+// max - 87: exp(-87) ~ 1e-38 weighs nothing beside the max's exp(0) = 1 in
+// the same sum. A NaN score is passed on (the compares are false for it).
+COBATCH_ALWAYS_INLINE void softmax_weights(float* s, std::size_t n, float& max, float& sum) noexcept {
+  constexpr f32x4 floor = {-87.0f, -87.0f, -87.0f, -87.0f};
+  f32x4 m4 = {neg_inf, neg_inf, neg_inf, neg_inf};
+  std::size_t t = 0;
+  for (; t + 4 <= n; t += 4) {
+    const f32x4 x = load4(s + t);
+    m4 = select(x > m4, x, m4);
+  }
+  float m = std::max(std::max(m4[0], m4[1]), std::max(m4[2], m4[3]));
+  for (; t < n; ++t) m = std::max(m, s[t]);
+  f32x4 sum4 = {0.0f, 0.0f, 0.0f, 0.0f};
+  t = 0;
+  for (; t + 4 <= n; t += 4) {
+    f32x4 x = load4(s + t) - m;
+    x = select(x < floor, floor, x);
+    const f32x4 e = exp_nonpositive(x);
+    store4(s + t, e);
+    sum4 += e;
+  }
+  float total = (sum4[0] + sum4[1]) + (sum4[2] + sum4[3]);
+  for (; t < n; ++t) {
+    const float e = exp_nonpositive(std::max(s[t] - m, -87.0f));
+    s[t] = e;
+    total += e;
+  }
+  max = m;
+  sum = total;
+}
 
-// A K or V row as floats: the row itself for f32, else converted into `tmp`.
+// n elements of K or V rows as floats: the rows themselves for f32, else
+// converted into `tmp`.
 COBATCH_ALWAYS_INLINE const float* as_floats(const float* row, float* /*tmp*/, std::size_t /*n*/) noexcept { return row; }
 template <class T>
 COBATCH_ALWAYS_INLINE const float* as_floats(const T* row, float* tmp, std::size_t n) noexcept {
@@ -122,8 +210,8 @@ COBATCH_ALWAYS_INLINE const float* as_floats(const T* row, float* tmp, std::size
 // K and V rows (every KV head, contiguous in the page) are read, and for
 // bf16/f16 converted, once per query row rather than once per query head.
 // Three passes over the chunk, walked a page-contiguous run at a time: the
-// scores of every head, then per head the max and one exp pass, then the V
-// rows weighted into the accumulators.
+// scores of every head (eight tokens at a time), then per head the max and
+// one exp pass, then the V rows weighted into the accumulators.
 template <class T, std::size_t D>
 COBATCH_ALWAYS_INLINE void attention_typed(const paged_attention_args& a) {
   const auto* q = static_cast<const T*>(a.q);
@@ -140,11 +228,14 @@ COBATCH_ALWAYS_INLINE void attention_typed(const paged_attention_args& a) {
   thread_local std::vector<float> qrows;   // [hq][d]
   thread_local std::vector<float> acc;     // [hq][d]
   thread_local std::vector<float> stats;   // [hq] max, [hq] sum
-  thread_local std::vector<float> kv_row;  // one token's K or V row converted to f32
+  thread_local std::vector<float> kv_block;  // one run's K or V rows converted to f32 (bf16, f16)
   qrows.resize(hq * d);
   acc.resize(hq * d);
   stats.resize(2 * hq);
-  kv_row.resize(token_stride);
+  if constexpr (!std::is_same_v<T, float>) kv_block.resize(half_page);
+  // Eight tokens' scores at a time, and V rows in registers: d a multiple
+  // of 8 (always for the head dims fixed at compile time).
+  const bool vectors = d % 8 == 0;
   float* const qh = qrows.data();
   float* const acch = acc.data();
   float* const mx = stats.data();
@@ -178,27 +269,54 @@ COBATCH_ALWAYS_INLINE void attention_typed(const paged_attention_args& a) {
       for (std::size_t i = 0; i < hq * d; ++i) qh[i] = load(q, row * hq * d + i);
       std::fill(acc.begin(), acc.end(), 0.0f);
       for_each_run([&](std::size_t koff, std::size_t t0, std::size_t count) {
-        for (std::size_t t = 0; t < count; ++t) {
-          const float* k = as_floats(pages + koff + t * token_stride, kv_row.data(), token_stride);
-          for (std::size_t h = 0; h < hq; ++h) sc[h * n + t0 + t] = dot<D>(qh + h * d, k + (h / group) * d, d) * a.sm_scale;
+        const float* kb = as_floats(pages + koff, kv_block.data(), count * token_stride);
+        for (std::size_t h = 0; h < hq; ++h) {
+          const float* k = kb + (h / group) * d;
+          float* out = sc + h * n + t0;
+          std::size_t t = 0;
+          if (vectors) {
+            for (; t + 8 <= count; t += 8) scores8<D>(qh + h * d, k + t * token_stride, token_stride, d, a.sm_scale, out + t);
+          }
+          for (; t < count; ++t) out[t] = dot<D>(qh + h * d, k + t * token_stride, d) * a.sm_scale;
         }
       });
       for (std::size_t h = 0; h < hq; ++h) {
         float* s = sc + h * n;
-        float m = neg_inf;
-        for (std::size_t t = 0; t < n; ++t) m = std::max(m, s[t]);
-        float sum = 0.0f;
-        for (std::size_t t = 0; t < n; ++t) s[t] = softmax_exp(s[t] - m);
-        for (std::size_t t = 0; t < n; ++t) sum += s[t];
-        mx[h] = m;
-        sums[h] = sum;
+        softmax_weights(s, n, mx[h], sums[h]);
       }
-      for_each_run([&](std::size_t koff, std::size_t t0, std::size_t count) {
-        for (std::size_t t = 0; t < count; ++t) {
-          const float* v = as_floats(pages + koff + half_page + t * token_stride, kv_row.data(), token_stride);
-          for (std::size_t h = 0; h < hq; ++h) axpy<D>(sc[h * n + t0 + t], v + (h / group) * d, acch + h * d, d);
+      // The V rows weighted into the accumulators, a token at a time for
+      // every head (bf16 and f16 rows are converted once per run).
+      auto weigh_by_token = [&] {
+        for_each_run([&](std::size_t koff, std::size_t t0, std::size_t count) {
+          const float* vb = as_floats(pages + koff + half_page, kv_block.data(), count * token_stride);
+          for (std::size_t t = 0; t < count; ++t) {
+            const float* v = vb + t * token_stride;
+            for (std::size_t h = 0; h < hq; ++h) axpy<D>(sc[h * n + t0 + t], v + (h / group) * d, acch + h * d, d);
+          }
+        });
+      };
+      if constexpr (std::is_same_v<T, float>) {
+        if (vectors) {
+          // f32: per query head, a tile of up to 64 columns in registers
+          // across all the visible tokens, so that the accumulators are
+          // written once rather than once per token. The group's heads read
+          // the same V rows, from the cache.
+          constexpr std::size_t tile = 64;
+          for (std::size_t h = 0; h < hq; ++h) {
+            for (std::size_t i0 = 0; i0 < d; i0 += tile) {
+              const std::size_t cols = D != 0 && D % tile == 0 ? tile : std::min(tile, d - i0);
+              for_each_run([&](std::size_t koff, std::size_t t0, std::size_t count) {
+                weighted_rows(sc + h * n + t0, pages + koff + half_page + (h / group) * d + i0, token_stride, count, cols,
+                              acch + h * d + i0);
+              });
+            }
+          }
+        } else {
+          weigh_by_token();
         }
-      });
+      } else {
+        weigh_by_token();
+      }
       for (std::size_t h = 0; h < hq; ++h) {
         float* o = acch + h * d;
         float lse = neg_inf;
@@ -325,15 +443,6 @@ COBATCH_ALWAYS_INLINE void block_weights(float* w, std::size_t block, std::size_
     }
   }
 }
-
-// Eight floats, the width of an AVX register, read and written through a
-// type of alignment 4 that may alias floats (as the intrinsics headers'
-// __m256_u). Used only as local values, never passed to or returned from a
-// function, so that their calling convention never depends on whether AVX is
-// on; where it is off (the baseline clone) the compiler splits each into two
-// SSE operations.
-using f32x8 = float __attribute__((vector_size(32)));
-using f32x8_unaligned = float __attribute__((vector_size(32), aligned(4), may_alias));
 
 // Writes v's 8 floats to p (16-byte aligned) with non-temporal stores where
 // the CPU has them (x86's SSE): write-combined lines go to memory without
