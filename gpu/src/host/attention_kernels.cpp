@@ -448,7 +448,7 @@ COBATCH_ALWAYS_INLINE void block_weights(float* w, std::size_t block, std::size_
 // the CPU has them (x86's SSE): write-combined lines go to memory without
 // being read into the cache first, as memcpy's stores of large copies do.
 // Needs _mm_sfence() before the data is handed to another thread.
-inline void store_streaming(float* p, const f32x8& v) noexcept {
+COBATCH_ALWAYS_INLINE void store_streaming(float* p, const f32x8& v) noexcept {
 #if defined(__SSE__)
   f32x4 half[2];
   std::memcpy(half, &v, sizeof half);
@@ -468,8 +468,8 @@ inline void store_streaming(float* p, const f32x8& v) noexcept {
 // arithmetic). Stream: dst is 16-byte aligned and d a multiple of 4, and is
 // written by store_streaming.
 template <std::size_t N, bool Stream>
-inline void sum_row(std::size_t n, std::size_t d, const float* w, std::size_t w_stride, const float* const* src,
-                    float* dst) noexcept {
+COBATCH_ALWAYS_INLINE void sum_row(std::size_t n, std::size_t d, const float* w, std::size_t w_stride,
+                                   const float* const* src, float* dst) noexcept {
   constexpr std::size_t lanes = 8, tile = 4 * lanes;
   const std::size_t shards = N != 0 ? N : n;
   float wl[N != 0 ? N : 1];
