@@ -84,7 +84,10 @@ COBATCH_ALWAYS_INLINE std::int64_t visible_prefix(std::int64_t p, std::int32_t w
 // on; where it is off (the baseline clone) the compiler splits each into two
 // SSE operations.
 using f32x8 = float __attribute__((vector_size(32)));
-using f32x8_unaligned = float __attribute__((vector_size(32), aligned(4), may_alias));
+// A typedef, not an alias declaration: Clang keeps the lowered alignment
+// only on a typedef; with `using` it emits aligned moves (movaps), which
+// fault on the scores' rows, at any float offset.
+typedef float f32x8_unaligned __attribute__((vector_size(32), aligned(4), may_alias));
 
 // The scores of eight tokens for one query head: q against the K rows k,
 // k + stride, ..., k + 7 stride, times scale, into out[0..8). Summing one
