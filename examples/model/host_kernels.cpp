@@ -39,8 +39,9 @@ void matmul(const float* x, const std::vector<float>& w, float* y, std::int32_t 
 }
 
 // The elementwise work below runs on the stream's one thread while the BLAS
-// threads wait for the next product, so a batched decode waits on it twice:
-// built twice (COBATCH_HOST_CLONES) and four floats at a time.
+// threads wait for the next product, so each microsecond of it is a
+// microsecond of the step: built for AVX2 as well as the baseline
+// (COBATCH_HOST_CLONES), four floats at a time.
 
 // Sum of squares, in 16 float lanes added in double at the end.
 COBATCH_HOST_CLONES void rms_norm(const float* x, const std::vector<float>& w, float* y, std::int32_t rows,
@@ -88,7 +89,8 @@ COBATCH_HOST_CLONES void swiglu(float* g, const float* u, std::size_t n) {
   }
   for (; i < n; ++i) {
     const float x = g[i];
-    const float e = exp_nonpositive(std::max(-std::fabs(x), -87.0f));
+    const float a = -std::fabs(x);
+    const float e = exp_nonpositive(a > -87.0f ? a : -87.0f);  // NaN: -87, as above
     g[i] = x * ((x >= 0.0f ? 1.0f : e) / (1.0f + e)) * u[i];
   }
 }

@@ -69,7 +69,7 @@ void store_row(void* dst, std::size_t offset, const float* src, std::size_t n, d
 /// Local KV tokens of this rank whose global position is <= p: a prefix of
 /// the local tokens, since local-to-global is increasing.
 COBATCH_ALWAYS_INLINE std::int64_t visible_prefix(std::int64_t p, std::int32_t world, std::int32_t rank,
-                                   std::int32_t interleave) noexcept {
+                                                  std::int32_t interleave) noexcept {
   const std::int64_t len = p + 1;
   const std::int64_t stride = static_cast<std::int64_t>(interleave) * world;
   const std::int64_t full = len / stride;
@@ -192,7 +192,8 @@ COBATCH_ALWAYS_INLINE void softmax_weights(float* s, std::size_t n, float& max, 
   }
   float total = (sum4[0] + sum4[1]) + (sum4[2] + sum4[3]);
   for (; t < n; ++t) {
-    const float e = exp_nonpositive(std::max(s[t] - m, -87.0f));
+    const float x = s[t] - m;
+    const float e = std::isnan(x) ? x : exp_nonpositive(x < -87.0f ? -87.0f : x);  // NaN: passed on, never converted
     s[t] = e;
     total += e;
   }
